@@ -1,0 +1,386 @@
+"""
+AltCLIP, written out in one file.
+
+AltCLIP is CLIP with its text tower swapped for a multilingual one: the image tower is CLIP's ViT-L/14, the text
+tower is XLM-RoBERTa-large followed by a small linear "transformation" into CLIP's text space. Both towers end in
+a projection to a shared 768-d space where cosine similarity, scaled by exp(logit_scale), scores image–text pairs.
+
+References:
+1) Chen et al., "AltCLIP: Altering the Language Encoder in CLIP for Extended Language Capabilities", 2022,
+   https://arxiv.org/abs/2211.06679 (weights: https://huggingface.co/BAAI/AltCLIP)
+2) the reference implementation, transformers' AltCLIPModel (src/transformers/models/altclip/modeling_altclip.py)
+3) Radford et al., "Learning Transferable Visual Models From Natural Language Supervision" (CLIP), 2021
+4) Conneau et al., "Unsupervised Cross-lingual Representation Learning at Scale" (XLM-R), 2019
+
+The modules below follow the data: configs → shared layers (LayerNorm, attention, MLP) → the image tower
+(patches → pre-LN blocks) → the text tower (RoBERTa embeddings → post-LN blocks) → the two-tower model with its
+projections and contrastive loss. Weights are mapped onto these modules by name in load_weights.py.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, fields
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+# -----------------------------------------------------------------------------
+# Configuration. Defaults are BAAI/AltCLIP's real values.
+
+
+@dataclass
+class VisionConfig:
+    image_size: int = 224
+    patch_size: int = 14
+    num_channels: int = 3
+    hidden_size: int = 1024
+    intermediate_size: int = 4096
+    num_hidden_layers: int = 24
+    num_attention_heads: int = 16
+    hidden_act: str = "quick_gelu"
+    layer_norm_eps: float = 1e-5
+
+
+@dataclass
+class TextConfig:
+    vocab_size: int = 250002
+    hidden_size: int = 1024
+    intermediate_size: int = 4096
+    num_hidden_layers: int = 24
+    num_attention_heads: int = 16
+    max_position_embeddings: int = 514  # 512 usable: positions 0 and 1 are taken by the padding offset
+    type_vocab_size: int = 1
+    pad_token_id: int = 1
+    hidden_act: str = "gelu"
+    layer_norm_eps: float = 1e-5
+    project_dim: int = 768  # width of the "transformation" output (CLIP's text width)
+
+
+@dataclass
+class AltCLIPConfig:
+    text: TextConfig = field(default_factory=TextConfig)
+    vision: VisionConfig = field(default_factory=VisionConfig)
+    projection_dim: int = 768
+    logit_scale_init_value: float = 2.6592  # ln(1/0.07)
+
+
+# When config.json leaves a field out, the reference fills it from its own class defaults. Its text defaults are
+# XLM-R large (ours too); its vision defaults are ViT-B/32, so a missing vision field means a ViT-B/32 value.
+_REFERENCE_VISION_DEFAULTS = dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
+                                  num_attention_heads=12, patch_size=32)
+
+
+def _sub_config(cls, values: dict, reference_defaults: dict):
+    names = {f.name for f in fields(cls)}
+    kwargs = {k: v for k, v in {**reference_defaults, **values}.items() if k in names}
+    if isinstance(kwargs.get("image_size"), (list, tuple)):  # [224, 224] → 224; only square images are supported
+        h, w = kwargs["image_size"]
+        if h != w:
+            raise ValueError(f"image_size {kwargs['image_size']} is not square")
+        kwargs["image_size"] = h
+    return cls(**kwargs)
+
+
+def config_from_dict(d: dict) -> AltCLIPConfig:
+    """Build the config from a checkpoint's config.json, as the reference reads it.
+
+    Older checkpoints (BAAI/AltCLIP itself) carry both `text_config` and `text_config_dict` (same for vision). The
+    reference then builds the sub-config from its class defaults plus `*_config_dict`, and that overrides every
+    field of `*_config`; `*_config` counts only when no `*_config_dict` is present.
+    """
+    def pick(name):
+        legacy = d.get(f"{name}_config_dict")
+        return legacy if legacy is not None else (d.get(f"{name}_config") or {})
+
+    text = _sub_config(TextConfig, pick("text"), {})
+    vision = _sub_config(VisionConfig, pick("vision"), _REFERENCE_VISION_DEFAULTS)
+    for part, cfg in (("text", text), ("vision", vision)):
+        if cfg.hidden_size % cfg.num_attention_heads:
+            raise ValueError(f"{part}: hidden_size {cfg.hidden_size} is not a multiple of "
+                             f"num_attention_heads {cfg.num_attention_heads}")
+        if cfg.hidden_act not in ACTIVATIONS:
+            raise ValueError(f"{part}: unsupported hidden_act {cfg.hidden_act!r} (known: {sorted(ACTIVATIONS)})")
+    return AltCLIPConfig(text=text, vision=vision,
+                         projection_dim=d.get("projection_dim", 768),
+                         logit_scale_init_value=d.get("logit_scale_init_value", 2.6592))
+
+
+# -----------------------------------------------------------------------------
+# Layers shared by both towers.
+
+
+def quick_gelu(x):
+    # CLIP's cheap GELU approximation: x·σ(1.702x)
+    return x * torch.sigmoid(1.702 * x)
+
+
+ACTIVATIONS = {"quick_gelu": quick_gelu, "gelu": F.gelu}  # "gelu" is the exact erf form, as in XLM-R
+
+
+class LayerNorm(nn.LayerNorm):
+    """LayerNorm whose statistics are always computed in float32, also for bfloat16/float16 activations."""
+
+    def forward(self, x):
+        y = F.layer_norm(x.float(), self.normalized_shape, self.weight.float(), self.bias.float(), self.eps)
+        return y.to(x.dtype)
+
+
+class Attention(nn.Module):
+    """Bidirectional multi-head self-attention: softmax(QKᵀ/√d + mask)·V, per head."""
+
+    def __init__(self, dim: int, n_heads: int):
+        super().__init__()
+        self.n_heads = n_heads
+        self.qkv = nn.Linear(dim, 3 * dim)  # q, k, v projections as one matmul (load_weights.py concatenates them)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x, mask=None, output_attentions=False):
+        # x: (B, N, C); mask: (B, N) bool, True = a real token that may be attended to, or None
+        B, N, C = x.shape
+        nh, hs = self.n_heads, C // self.n_heads
+        q, k, v = self.qkv(x).view(B, N, 3, nh, hs).permute(2, 0, 3, 1, 4)  # 3 × (B, nh, N, hs)
+        key_mask = None if mask is None else mask[:, None, None, :]  # (B, 1, 1, N): hide padded keys from every query
+        if output_attentions:
+            # The readable definition, also the only path that materialises the attention probabilities.
+            scores = (q @ k.transpose(-2, -1)).float() / math.sqrt(hs)  # (B, nh, N, N)
+            if key_mask is not None:
+                scores = scores.masked_fill(~key_mask, torch.finfo(scores.dtype).min)
+            att = scores.softmax(dim=-1)  # in float32, whatever the model's dtype
+            y = att.to(v.dtype) @ v  # (B, nh, N, hs)
+        else:
+            # The same computation, fused by PyTorch (flash/memory-efficient kernels, no N×N matrix kept).
+            att = None
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask)
+        y = y.transpose(1, 2).reshape(B, N, C)  # (B, N, nh·hs): heads side by side again
+        return self.proj(y), att
+
+
+class MLP(nn.Module):
+    def __init__(self, dim: int, hidden: int, act: str):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = ACTIVATIONS[act]
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x):
+        return self.fc2(self.act(self.fc1(x)))
+
+
+@dataclass
+class TowerOutput:
+    last_hidden_state: torch.Tensor  # (B, N, C); for the text tower: the 768-wide projection state
+    pooler_output: torch.Tensor  # (B, C): the pooled first token
+    hidden_states: tuple | None = None  # encoder input, then the output of every block
+    attentions: tuple | None = None  # per block: (B, heads, N, N) attention probabilities
+
+
+def _run_blocks(blocks, x, mask, output_hidden_states, output_attentions):
+    hidden_states, attentions = [x], []
+    for block in blocks:
+        x, att = block(x, mask, output_attentions)
+        hidden_states.append(x)
+        attentions.append(att)
+    return (x, tuple(hidden_states) if output_hidden_states else None,
+            tuple(attentions) if output_attentions else None)
+
+
+# -----------------------------------------------------------------------------
+# The image tower: CLIP's ViT-L/14.
+
+
+class VisionEmbeddings(nn.Module):
+    """Image → sequence: 14×14 patches as tokens, a learned class token in front, learned positions added."""
+
+    def __init__(self, cfg: VisionConfig):
+        super().__init__()
+        self.patch_size, self.image_size = cfg.patch_size, cfg.image_size
+        self.grid = cfg.image_size // cfg.patch_size  # 16 patches per side at 224 px
+        # A conv whose kernel equals its stride is a linear map applied to each non-overlapping patch.
+        self.patch_embedding = nn.Conv2d(cfg.num_channels, cfg.hidden_size, cfg.patch_size, cfg.patch_size, bias=False)
+        self.class_embedding = nn.Parameter(torch.empty(cfg.hidden_size))
+        self.position_embedding = nn.Parameter(torch.empty(self.grid * self.grid + 1, cfg.hidden_size))
+
+    def positions(self, h: int, w: int):
+        """Position table for an h×w patch grid: the trained 16×16 grid, resized bicubically when it differs."""
+        pos = self.position_embedding  # (1 + grid², C)
+        if h == w == self.grid:
+            return pos
+        C = pos.shape[-1]
+        grid = pos[1:].reshape(1, self.grid, self.grid, C).permute(0, 3, 1, 2)  # (1, C, grid, grid)
+        grid = F.interpolate(grid.float(), size=(h, w), mode="bicubic", align_corners=False).to(pos.dtype)
+        return torch.cat([pos[:1], grid.permute(0, 2, 3, 1).reshape(h * w, C)])  # (1 + h·w, C)
+
+    def forward(self, pixel_values, interpolate_pos_encoding=False):
+        B, _, H, W = pixel_values.shape
+        if not interpolate_pos_encoding and (H, W) != (self.image_size, self.image_size):
+            raise ValueError(f"input image size {H}x{W} does not match the model's {self.image_size}x"
+                             f"{self.image_size}; resize it, or pass interpolate_pos_encoding=True")
+        x = self.patch_embedding(pixel_values.to(self.patch_embedding.weight.dtype))  # (B, C, H/14, W/14)
+        h, w = x.shape[-2:]
+        x = x.flatten(2).transpose(1, 2)  # (B, h·w, C): one token per patch, row by row
+        cls = self.class_embedding.expand(B, 1, -1)  # (B, 1, C)
+        return torch.cat([cls, x], dim=1) + self.positions(h, w)  # (B, 1 + h·w, C)
+
+
+class VisionBlock(nn.Module):
+    """Pre-LN transformer block: normalise, then attend / transform, then add back to the residual stream."""
+
+    def __init__(self, cfg: VisionConfig):
+        super().__init__()
+        self.ln_1 = LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
+        self.attn = Attention(cfg.hidden_size, cfg.num_attention_heads)
+        self.ln_2 = LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
+        self.mlp = MLP(cfg.hidden_size, cfg.intermediate_size, cfg.hidden_act)
+
+    def forward(self, x, mask=None, output_attentions=False):
+        a, att = self.attn(self.ln_1(x), mask, output_attentions)
+        x = x + a
+        x = x + self.mlp(self.ln_2(x))
+        return x, att
+
+
+class VisionTower(nn.Module):
+    def __init__(self, cfg: VisionConfig):
+        super().__init__()
+        self.embeddings = VisionEmbeddings(cfg)
+        self.ln_pre = LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
+        self.blocks = nn.ModuleList(VisionBlock(cfg) for _ in range(cfg.num_hidden_layers))
+        self.ln_post = LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
+
+    def forward(self, pixel_values, interpolate_pos_encoding=False, output_hidden_states=False,
+                output_attentions=False) -> TowerOutput:
+        x = self.ln_pre(self.embeddings(pixel_values, interpolate_pos_encoding))  # (B, 257, 1024)
+        x, hidden_states, attentions = _run_blocks(self.blocks, x, None, output_hidden_states, output_attentions)
+        # The class token's final state, normalised, stands for the image. The sequence itself is left unnormalised.
+        return TowerOutput(x, self.ln_post(x[:, 0]), hidden_states, attentions)
+
+
+# -----------------------------------------------------------------------------
+# The text tower: XLM-RoBERTa large, then pre_LN + transformation into CLIP's 768-d text space.
+
+
+class TextEmbeddings(nn.Module):
+    """Token ids → vectors: word + position + token type embeddings, then LayerNorm."""
+
+    def __init__(self, cfg: TextConfig):
+        super().__init__()
+        self.pad_id = cfg.pad_token_id
+        self.word_embeddings = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.position_embeddings = nn.Embedding(cfg.max_position_embeddings, cfg.hidden_size)
+        self.token_type_embeddings = nn.Embedding(cfg.type_vocab_size, cfg.hidden_size)
+        self.ln = LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
+
+    def forward(self, input_ids, token_type_ids=None, position_ids=None):
+        if position_ids is None:
+            # fairseq's make_positions: real tokens count up from pad_id + 1 (2, 3, 4, …), padding stays at pad_id.
+            real = (input_ids != self.pad_id).long()  # (B, L)
+            position_ids = torch.cumsum(real, dim=1) * real + self.pad_id
+        if token_type_ids is None:
+            token_type_ids = torch.zeros_like(input_ids)  # XLM-R has a single token type
+        x = (self.word_embeddings(input_ids) + self.position_embeddings(position_ids)
+             + self.token_type_embeddings(token_type_ids))  # (B, L, C)
+        return self.ln(x)
+
+
+class TextBlock(nn.Module):
+    """Post-LN transformer block (BERT/RoBERTa): attend / transform, add to the residual, then normalise."""
+
+    def __init__(self, cfg: TextConfig):
+        super().__init__()
+        self.attn = Attention(cfg.hidden_size, cfg.num_attention_heads)
+        self.ln_1 = LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
+        self.mlp = MLP(cfg.hidden_size, cfg.intermediate_size, cfg.hidden_act)
+        self.ln_2 = LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
+
+    def forward(self, x, mask=None, output_attentions=False):
+        a, att = self.attn(x, mask, output_attentions)
+        x = self.ln_1(x + a)
+        x = self.ln_2(x + self.mlp(x))
+        return x, att
+
+
+class TextTower(nn.Module):
+    def __init__(self, cfg: TextConfig):
+        super().__init__()
+        self.embeddings = TextEmbeddings(cfg)
+        self.blocks = nn.ModuleList(TextBlock(cfg) for _ in range(cfg.num_hidden_layers))
+        self.ln_out = LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)  # the reference's `pre_LN`
+        self.transformation = nn.Linear(cfg.hidden_size, cfg.project_dim)
+
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None,
+                output_hidden_states=False, output_attentions=False) -> TowerOutput:
+        x = self.embeddings(input_ids, token_type_ids, position_ids)  # (B, L, 1024)
+        mask = None if attention_mask is None else attention_mask.bool()  # (B, L), True = real token
+        x, hidden_states, attentions = _run_blocks(self.blocks, x, mask, output_hidden_states, output_attentions)
+        state = self.transformation(self.ln_out(x))  # (B, L, 768): the "projection state"
+        return TowerOutput(state, state[:, 0], hidden_states, attentions)  # pooled: the <s> token
+
+
+# -----------------------------------------------------------------------------
+# The two-tower model.
+
+
+@dataclass
+class AltCLIPOutput:
+    loss: torch.Tensor | None = None  # symmetric contrastive loss, when return_loss=True
+    logits_per_image: torch.Tensor | None = None  # (images, texts) = exp(logit_scale) · cosine similarity
+    logits_per_text: torch.Tensor | None = None  # (texts, images), the transpose
+    text_embeds: torch.Tensor | None = None  # (texts, 768), L2-normalised
+    image_embeds: torch.Tensor | None = None  # (images, 768), L2-normalised
+    text_model_output: TowerOutput | None = None
+    vision_model_output: TowerOutput | None = None
+
+
+def contrastive_loss(logits_per_text):
+    """CLIP's loss: text i belongs with image i; cross-entropy both ways round, averaged."""
+    target = torch.arange(len(logits_per_text), device=logits_per_text.device)
+    return (F.cross_entropy(logits_per_text, target) + F.cross_entropy(logits_per_text.t(), target)) / 2
+
+
+class AltCLIP(nn.Module):
+    def __init__(self, config: AltCLIPConfig | None = None):
+        super().__init__()
+        self.config = config = config or AltCLIPConfig()
+        self.text_model = TextTower(config.text)
+        self.vision_model = VisionTower(config.vision)
+        self.text_projection = nn.Linear(config.text.project_dim, config.projection_dim, bias=False)
+        self.visual_projection = nn.Linear(config.vision.hidden_size, config.projection_dim, bias=False)
+        self.logit_scale = nn.Parameter(torch.tensor(config.logit_scale_init_value))
+
+    @property
+    def dtype(self):
+        return self.visual_projection.weight.dtype
+
+    @property
+    def device(self):
+        return self.visual_projection.weight.device
+
+    def get_text_features(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None):
+        """(B, L) token ids → (B, projection_dim) text embeddings, float32, not normalised."""
+        out = self.text_model(input_ids, attention_mask, token_type_ids, position_ids)
+        return self.text_projection(out.pooler_output).float()
+
+    def get_image_features(self, pixel_values, interpolate_pos_encoding=False):
+        """(B, 3, H, W) pixels → (B, projection_dim) image embeddings, float32, not normalised."""
+        out = self.vision_model(pixel_values, interpolate_pos_encoding)
+        return self.visual_projection(out.pooler_output).float()
+
+    def forward(self, input_ids=None, pixel_values=None, attention_mask=None, token_type_ids=None,
+                position_ids=None, return_loss=False, interpolate_pos_encoding=False, output_hidden_states=False,
+                output_attentions=False) -> AltCLIPOutput:
+        if input_ids is None or pixel_values is None:
+            raise ValueError("AltCLIP.forward needs both input_ids and pixel_values; for one side alone use "
+                             "get_text_features or get_image_features")
+        vision = self.vision_model(pixel_values, interpolate_pos_encoding, output_hidden_states,
+                                   output_attentions)
+        text = self.text_model(input_ids, attention_mask, token_type_ids, position_ids, output_hidden_states,
+                               output_attentions)
+        image_embeds = F.normalize(self.visual_projection(vision.pooler_output).float(), dim=-1)
+        text_embeds = F.normalize(self.text_projection(text.pooler_output).float(), dim=-1)
+        logits_per_text = self.logit_scale.float().exp() * text_embeds @ image_embeds.t()  # (texts, images)
+        return AltCLIPOutput(
+            loss=contrastive_loss(logits_per_text) if return_loss else None,
+            logits_per_image=logits_per_text.t(), logits_per_text=logits_per_text,
+            text_embeds=text_embeds, image_embeds=image_embeds,
+            text_model_output=text, vision_model_output=vision)

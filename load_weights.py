@@ -1,0 +1,328 @@
+"""
+Load BAAI/AltCLIP checkpoints (and the rest of the family: AltCLIP-m9, AltCLIP-m18) into altclip.AltCLIP.
+
+    model = load_pretrained("BAAI/AltCLIP")               # hub repo id, through the huggingface_hub cache
+    model = load_pretrained("/path/to/AltCLIP", dtype=torch.bfloat16)   # a local folder
+    python load_weights.py BAAI/AltCLIP --to-safetensors ./altclip-st   # convert the hub's .bin once, load fast after
+
+The checkpoint's tensor names are the reference implementation's module paths. NAME_MAP below is the whole mapping
+to our module names, DROPPED lists what is deliberately ignored and FUSED what is transformed on the way in.
+Loading is strict: anything missing, unexpected or of the wrong shape is an error that names the tensor.
+
+The model is built on the "meta" device (no memory, no random initialisation), then the checkpoint's tensors are
+assigned to it. Safetensors files are memory-mapped, so tensors already in the requested dtype are never copied;
+only the fused q/k/v weights are new allocations.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shutil
+import sys
+from pathlib import Path
+
+import torch
+
+from altclip import AltCLIP, config_from_dict
+
+# -----------------------------------------------------------------------------
+# The mapping: checkpoint name → our name. `{i}` is a block index. Names are those of the BAAI/AltCLIP checkpoint.
+
+NAME_MAP = {
+    # image tower (CLIP ViT-L/14)
+    "vision_model.embeddings.patch_embedding.weight": "vision_model.embeddings.patch_embedding.weight",
+    "vision_model.embeddings.class_embedding": "vision_model.embeddings.class_embedding",
+    "vision_model.embeddings.position_embedding.weight": "vision_model.embeddings.position_embedding",
+    "vision_model.pre_layrnorm.{w}": "vision_model.ln_pre.{w}",
+    "vision_model.encoder.layers.{i}.layer_norm1.{w}": "vision_model.blocks.{i}.ln_1.{w}",
+    "vision_model.encoder.layers.{i}.self_attn.out_proj.{w}": "vision_model.blocks.{i}.attn.proj.{w}",
+    "vision_model.encoder.layers.{i}.layer_norm2.{w}": "vision_model.blocks.{i}.ln_2.{w}",
+    "vision_model.encoder.layers.{i}.mlp.fc1.{w}": "vision_model.blocks.{i}.mlp.fc1.{w}",
+    "vision_model.encoder.layers.{i}.mlp.fc2.{w}": "vision_model.blocks.{i}.mlp.fc2.{w}",
+    "vision_model.post_layernorm.{w}": "vision_model.ln_post.{w}",
+    # text tower (XLM-RoBERTa large + pre_LN + transformation)
+    "text_model.roberta.embeddings.word_embeddings.weight": "text_model.embeddings.word_embeddings.weight",
+    "text_model.roberta.embeddings.position_embeddings.weight": "text_model.embeddings.position_embeddings.weight",
+    "text_model.roberta.embeddings.token_type_embeddings.weight": "text_model.embeddings.token_type_embeddings.weight",
+    "text_model.roberta.embeddings.LayerNorm.{w}": "text_model.embeddings.ln.{w}",
+    "text_model.roberta.encoder.layer.{i}.attention.output.dense.{w}": "text_model.blocks.{i}.attn.proj.{w}",
+    "text_model.roberta.encoder.layer.{i}.attention.output.LayerNorm.{w}": "text_model.blocks.{i}.ln_1.{w}",
+    "text_model.roberta.encoder.layer.{i}.intermediate.dense.{w}": "text_model.blocks.{i}.mlp.fc1.{w}",
+    "text_model.roberta.encoder.layer.{i}.output.dense.{w}": "text_model.blocks.{i}.mlp.fc2.{w}",
+    "text_model.roberta.encoder.layer.{i}.output.LayerNorm.{w}": "text_model.blocks.{i}.ln_2.{w}",
+    "text_model.pre_LN.{w}": "text_model.ln_out.{w}",
+    "text_model.transformation.{w}": "text_model.transformation.{w}",
+    # heads
+    "visual_projection.weight": "visual_projection.weight",
+    "text_projection.weight": "text_projection.weight",
+    "logit_scale": "logit_scale",
+}
+
+# Transformed on the way in: q, k and v projections are concatenated (along the output dimension, in that order)
+# into one Linear, so attention does one matmul instead of three.
+FUSED = {
+    "vision_model.blocks.{i}.attn.qkv.{w}": [f"vision_model.encoder.layers.{{i}}.self_attn.{p}_proj.{{w}}"
+                                            for p in "qkv"],
+    "text_model.blocks.{i}.attn.qkv.{w}": [f"text_model.roberta.encoder.layer.{{i}}.attention.self.{p}.{{w}}"
+                                          for p in ("query", "key", "value")],
+}
+
+# In the checkpoint, deliberately not loaded.
+DROPPED = {
+    r".*\.position_ids": "constant buffer (arange) saved by older transformers; we compute positions on the fly",
+    r".*\.token_type_ids": "constant all-zero buffer saved by older transformers; XLM-R has one token type",
+    r"text_model\.roberta\.pooler\..*": "RoBERTa's tanh pooler; AltCLIP pools with pre_LN + transformation instead",
+}
+
+# Alternative spellings of the same tensor, normalised before the lookup: transformers v5 saves `encoder.layer.N`
+# for the image tower too, where the original CLIP/AltCLIP checkpoints say `encoder.layers.N`, and its in-memory
+# state_dict says `encoder.layers.N` for the text tower.
+ALIASES = [(re.compile(r"^vision_model\.encoder\.layer\.(\d+)\."), r"vision_model.encoder.layers.\1."),
+           (re.compile(r"^text_model\.roberta\.encoder\.layers\.(\d+)\."), r"text_model.roberta.encoder.layer.\1.")]
+
+WEIGHT_FILES = ["model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json"]
+EXTRA_FILES = ["sentencepiece.bpe.model", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+               "preprocessor_config.json"]
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be loaded: unreadable, refused, or not matching its config."""
+
+
+# -----------------------------------------------------------------------------
+# Finding the files: a local folder, or a hub repo through huggingface_hub's cache.
+
+
+def resolve(source: str | Path, optional: list[str] = ()) -> tuple[Path, Path]:
+    """Return (folder, weights file) for a local folder or a hub repo id, fetching only what is needed.
+
+    From the hub: config.json, the first weight format present in WEIGHT_FILES order (safetensors first, with the
+    shards an index names) and, if they exist, the `optional` files. Everything lands in the hub cache.
+    """
+    path = Path(source)
+    if path.exists():
+        if not path.is_dir():
+            raise FileNotFoundError(f"{path} is a file; pass the folder that holds config.json and the weights")
+        for name in WEIGHT_FILES:
+            if (path / name).exists():
+                return path, path / name
+        raise FileNotFoundError(f"{path} holds no weights: expected one of {', '.join(WEIGHT_FILES)}")
+    if str(source).startswith((".", "/", "~")) or str(source).count("/") != 1:
+        raise FileNotFoundError(f"model folder {source} does not exist (a hub id looks like BAAI/AltCLIP)")
+    return _download(str(source), optional)
+
+
+def _download(repo_id: str, optional) -> tuple[Path, Path]:
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError, RepositoryNotFoundError
+
+    def fetch(name):
+        try:
+            return Path(hf_hub_download(repo_id, name))
+        except RepositoryNotFoundError:
+            raise FileNotFoundError(f"{repo_id} is not a model repository on the Hugging Face Hub "
+                                    f"(or it is private), and no local folder has that name") from None
+        except LocalEntryNotFoundError:  # offline (or the hub is unreachable) and not in the cache
+            return "offline"
+        except EntryNotFoundError:
+            return None
+
+    config = fetch("config.json")
+    if config == "offline":
+        raise OSError(f"cannot reach the Hugging Face Hub to download {repo_id}, and it is not in the local cache. "
+                      f"Download it once with network access (`hf download {repo_id}`), or point at a local copy: "
+                      f"--model /path/to/folder (or load_pretrained('/path/to/folder'))")
+    if config is None:
+        raise FileNotFoundError(f"{repo_id} has no config.json on the Hugging Face Hub")
+    for name in WEIGHT_FILES:
+        weights = fetch(name)
+        if isinstance(weights, Path):
+            if name.endswith(".index.json"):
+                for shard in sorted(set(json.loads(weights.read_text())["weight_map"].values())):
+                    fetch(shard)
+            for extra in optional:
+                fetch(extra)
+            return config.parent, weights
+    raise FileNotFoundError(f"{repo_id} has none of {', '.join(WEIGHT_FILES)} (or they are not cached)")
+
+
+# -----------------------------------------------------------------------------
+# Reading tensors: safetensors (memory-mapped) or PyTorch pickles (weights_only, never executing code).
+
+
+def read_tensors(weights: Path) -> dict[str, torch.Tensor]:
+    """All tensors of a checkpoint, by checkpoint name. Sharded checkpoints are read through their index."""
+    if weights.name.endswith(".index.json"):
+        shards = sorted(set(json.loads(weights.read_text())["weight_map"].values()))
+        tensors = {}
+        for shard in shards:
+            if not (weights.parent / shard).exists():
+                raise CheckpointError(f"{weights} names a shard {shard} that is missing from {weights.parent}")
+            tensors.update(read_tensors(weights.parent / shard))
+        return tensors
+    if weights.suffix == ".safetensors":
+        from safetensors import safe_open
+        try:
+            with safe_open(weights, framework="pt") as f:
+                return {name: f.get_tensor(name) for name in f.keys()}
+        except Exception as e:  # safetensors raises its own error types for bad headers and short files
+            raise CheckpointError(f"cannot read {weights}: {e} (the file is truncated or corrupt; "
+                                  f"delete it and download it again)") from None
+    try:
+        return torch.load(weights, map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError as e:
+        if "mmap" in str(e):  # a pickle in the legacy (pre-zip) format cannot be memory-mapped
+            return torch.load(weights, map_location="cpu", weights_only=True)
+        raise CheckpointError(f"cannot read {weights}: {str(e).splitlines()[0]} (truncated or corrupt?)") from None
+    except Exception as e:
+        if "weights_only" in str(e) or "Unsupported" in str(e):
+            raise CheckpointError(f"refused to load {weights}: it holds pickled objects other than tensors, which "
+                                  f"could run code when unpickled ({str(e).splitlines()[0]})") from None
+        raise CheckpointError(f"cannot read {weights}: {e}") from None
+
+
+# -----------------------------------------------------------------------------
+# Checkpoint names → our state dict.
+
+
+def _pattern(template: str) -> re.Pattern:
+    regex = re.escape(template).replace(r"\{i\}", r"(?P<i>\d+)").replace(r"\{w\}", r"(?P<w>weight|bias)")
+    return re.compile(f"^{regex}$")
+
+
+_RULES = [(_pattern(ckpt), ours) for ckpt, ours in NAME_MAP.items()]
+_FUSED_PARTS = [(_pattern(part), ours, k) for ours, parts in FUSED.items() for k, part in enumerate(parts)]
+_DROPPED = [re.compile(f"^{r}$") for r in DROPPED]
+
+
+def convert(tensors: dict[str, torch.Tensor], model: AltCLIP, dtype: torch.dtype, device="cpu") -> dict:
+    """Map checkpoint tensors onto `model`'s parameter names, checking every name and shape."""
+    expected = {name: p.shape for name, p in model.named_parameters()}
+    ours, sources, fused, unexpected = {}, {}, {}, []
+    for name, t in tensors.items():
+        canonical = name
+        for alias, repl in ALIASES:
+            canonical = alias.sub(repl, canonical)
+        if any(d.match(canonical) for d in _DROPPED):
+            continue
+        for regex, target in _RULES:
+            if m := regex.match(canonical):
+                ours[target.format(**m.groupdict())], sources[target.format(**m.groupdict())] = t, name
+                break
+        else:
+            for regex, target, k in _FUSED_PARTS:
+                if m := regex.match(canonical):
+                    fused.setdefault(target.format(**m.groupdict()), [None] * 3)[k] = (name, t)
+                    break
+            else:
+                unexpected.append(name)
+
+    for target, parts in fused.items():
+        if any(p is None for p in parts):
+            have = [p[0] for p in parts if p is not None]
+            raise CheckpointError(f"{target} needs q, k and v tensors; the checkpoint has only {have}")
+        for name, t in parts:
+            if target in expected and t.shape[1:] != expected[target][1:]:
+                raise CheckpointError(_shape_message(name, t.shape, expected[target][1:], target))
+        ours[target] = torch.cat([t.to(dtype) for _, t in parts])
+        sources[target] = " + ".join(name for name, _ in parts)
+
+    unexpected += [sources[n] for n in ours if n not in expected]
+    if unexpected:
+        raise CheckpointError(f"{len(unexpected)} unexpected tensor(s) in the checkpoint, not part of the model "
+                              f"its config describes: {_listing(unexpected)}")
+    missing = sorted(set(expected) - set(ours))
+    if missing:
+        raise CheckpointError(f"{len(missing)} tensor(s) missing from the checkpoint, for our "
+                              f"{_listing(missing)}")
+    for name, t in ours.items():
+        if t.shape != expected[name]:
+            raise CheckpointError(_shape_message(sources[name], t.shape, expected[name], name))
+    keep_fp32 = {"logit_scale"}  # exp(logit_scale) = 100 becomes 98.9 if the scalar is rounded to bfloat16
+    return {name: t.to(device=device, dtype=torch.float32 if name in keep_fp32 or not t.is_floating_point() else dtype)
+            for name, t in ours.items()}
+
+
+def _shape_message(source, got, want, ours):
+    part = "text" if ours.startswith("text") else "vision" if ours.startswith("vision") else "top-level"
+    return (f"tensor {source} has shape {tuple(got)} in the checkpoint, but the {part} config in config.json "
+            f"makes {ours} {tuple(want)}: config.json does not describe these weights")
+
+
+def _listing(names, limit=8):
+    shown = ", ".join(names[:limit])
+    return shown + (f", … ({len(names) - limit} more)" if len(names) > limit else "")
+
+
+# -----------------------------------------------------------------------------
+# The entry point.
+
+
+def load_config(folder: Path):
+    path = folder / "config.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{folder} has no config.json")
+    try:
+        return config_from_dict(json.loads(path.read_text()))
+    except (json.JSONDecodeError, TypeError, ValueError) as e:
+        raise CheckpointError(f"cannot use {path}: {e}") from None
+
+
+def load_pretrained(source: str | Path = "BAAI/AltCLIP", *, dtype: torch.dtype = torch.float32,
+                    device: str | torch.device = "cpu") -> AltCLIP:
+    """Build AltCLIP from a checkpoint folder or hub repo id, in eval mode, with weights in `dtype` on `device`."""
+    folder, weights = resolve(source)
+    config = load_config(folder)
+    with torch.device("meta"):  # shapes only: no memory and no random initialisation
+        model = AltCLIP(config)
+    state = convert(read_tensors(weights), model, dtype, device)
+    model.load_state_dict(state, strict=True, assign=True)
+    return model.eval()
+
+
+def to_safetensors(source: str | Path, out: str | Path) -> Path:
+    """Copy a checkpoint into `out` as one memory-mappable model.safetensors, with its config and tokenizer files.
+
+    Tensor names and dtypes stay as they were (the result also loads in the reference); legacy buffers are dropped.
+    The tensors are checked against the config first, so a checkpoint that would not load is not converted.
+    """
+    from safetensors.torch import save_file
+
+    folder, weights = resolve(source, optional=EXTRA_FILES)
+    config = load_config(folder)
+    tensors = read_tensors(weights)
+    with torch.device("meta"):
+        convert(tensors, AltCLIP(config), torch.float32, "meta")  # validation only
+    kept = {n: t.contiguous() for n, t in tensors.items() if not any(d.match(n) for d in _DROPPED)}
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    save_file(kept, out / "model.safetensors", metadata={"format": "pt"})
+    for name in ["config.json", *EXTRA_FILES]:
+        if (folder / name).exists():
+            shutil.copyfile(folder / name, out / name)
+    return out
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description="Check or convert an AltCLIP checkpoint (folder or hub repo id).")
+    p.add_argument("source", help="local folder or hub repo id, e.g. BAAI/AltCLIP")
+    p.add_argument("--to-safetensors", metavar="DIR", help="write a memory-mappable safetensors copy into DIR")
+    args = p.parse_args(argv)
+    try:
+        if args.to_safetensors:
+            out = to_safetensors(args.source, args.to_safetensors)
+            print(f"wrote {out / 'model.safetensors'} and the config/tokenizer files; load it with "
+                  f"load_pretrained({str(out)!r}) or --model {out}")
+        else:
+            model = load_pretrained(args.source)
+            n = sum(p.numel() for p in model.parameters())
+            print(f"{args.source}: {n / 1e6:.1f}M parameters load cleanly")
+    except (OSError, CheckpointError) as e:
+        print(f"load_weights.py: error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
