@@ -1,0 +1,266 @@
+"""load_weights.py: every checkpoint format loads to the same model; every bad checkpoint fails loudly and by name."""
+import json
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import load_weights
+from checkpoints import reference_state_dict, save_checkpoint, tiny_reference
+from load_weights import CheckpointError, load_pretrained
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def ref():
+    return tiny_reference(seed=1)
+
+
+def logits(model, dtype=torch.float32):
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(4, 1000, (2, 9), generator=g)
+    ids[:, 0], ids[:, -1] = 0, 2
+    px = torch.randn(2, 3, 224, 224, generator=g)
+    with torch.no_grad():
+        return model(input_ids=ids, attention_mask=torch.ones_like(ids), pixel_values=px).logits_per_image
+
+
+@pytest.mark.parametrize("fmt", ["safetensors", "sharded-safetensors", "bin", "sharded-bin"])
+@pytest.mark.parametrize("legacy", [False, True], ids=["v5-layout", "legacy-layout"])
+def test_every_format_loads_to_the_reference(ref, tmp_path, fmt, legacy):
+    folder = save_checkpoint(ref, tmp_path, fmt=fmt, legacy=legacy)
+    if legacy:  # the stale text_config/vision_config would build a model of the wrong size
+        assert json.loads((folder / "config.json").read_text())["vision_config"]["patch_size"] == 32
+    model = load_pretrained(folder)
+    assert not model.training
+    torch.testing.assert_close(logits(model), logits(ref), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("stored", [torch.float16, torch.bfloat16])
+def test_half_precision_checkpoint_is_cast_to_the_requested_dtype(ref, tmp_path, stored):
+    folder = save_checkpoint(ref, tmp_path, dtype=stored)
+    model = load_pretrained(folder, dtype=torch.float32)
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
+    # Exactly the reference rounded to the stored dtype: the cast happens once, at load.
+    rounded = tiny_reference(seed=1)
+    with torch.no_grad():
+        for p in rounded.parameters():
+            p.copy_(p.to(stored).float())
+    torch.testing.assert_close(logits(model), logits(rounded), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_load_in_half_precision(ref, tmp_path, dtype):
+    model = load_pretrained(save_checkpoint(ref, tmp_path), dtype=dtype)
+    assert {p.dtype for n, p in model.named_parameters() if n != "logit_scale"} == {dtype}
+    assert model.logit_scale.dtype == torch.float32  # exp(4.6052) = 100 would round to 98.9 in bfloat16
+
+
+def test_fused_qkv_is_q_then_k_then_v(ref, tmp_path):
+    model = load_pretrained(save_checkpoint(ref, tmp_path))
+    sd = reference_state_dict(ref)
+    qkv = model.text_model.blocks[1].attn.qkv.bias
+    p = "text_model.roberta.encoder.layer.1.attention.self"
+    torch.testing.assert_close(qkv, torch.cat([sd[f"{p}.query.bias"], sd[f"{p}.key.bias"], sd[f"{p}.value.bias"]]))
+
+
+def test_model_family_other_projection_dim(tmp_path):
+    """AltCLIP-m18 has projection_dim 1024: the same code path, only the heads change shape."""
+    ref = tiny_reference(seed=2, projection_dim=40)
+    model = load_pretrained(save_checkpoint(ref, tmp_path))
+    assert model.visual_projection.weight.shape == (40, 64)
+    torch.testing.assert_close(logits(model), logits(ref), atol=1e-5, rtol=0)
+
+
+# --- bad checkpoints ------------------------------------------------------------------------------------------
+
+
+class Payload:
+    """Unpickling this runs `touch marker`: what a malicious pytorch_model.bin can do."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (subprocess.call, (["touch", str(self.marker)],))
+
+
+def test_pickle_with_code_is_refused_and_never_runs(ref, tmp_path):
+    folder = save_checkpoint(ref, tmp_path / "ckpt", fmt="bin")
+    marker = tmp_path / "pwned"
+    sd = reference_state_dict(ref)
+    sd["logit_scale"] = Payload(marker)
+    torch.save(sd, folder / "pytorch_model.bin")
+    with pytest.raises(CheckpointError, match=r"refused to load .*pytorch_model\.bin.*could run code"):
+        load_pretrained(folder)
+    assert not marker.exists()
+    pickle.loads(pickle.dumps(Payload(marker)))  # control: the payload is real, plain unpickling runs it
+    assert marker.exists()
+
+
+def test_truncated_safetensors_is_named(ref, tmp_path):
+    folder = save_checkpoint(ref, tmp_path)
+    data = (folder / "model.safetensors").read_bytes()
+    (folder / "model.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match=r"cannot read .*model\.safetensors.*truncated or corrupt"):
+        load_pretrained(folder)
+
+
+def test_truncated_bin_is_named(ref, tmp_path):
+    folder = save_checkpoint(ref, tmp_path, fmt="bin")
+    data = (folder / "pytorch_model.bin").read_bytes()
+    (folder / "pytorch_model.bin").write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match=r"cannot read .*pytorch_model\.bin"):
+        load_pretrained(folder)
+
+
+def test_config_that_contradicts_the_tensors(ref, tmp_path):
+    folder = save_checkpoint(ref, tmp_path)
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg["vision_config"]["patch_size"] = 16
+    (folder / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointError, match=r"vision_model\.embeddings\.patch_embedding\.weight has shape "
+                                              r"\(64, 3, 14, 14\).*vision config.*\(64, 3, 16, 16\)"):
+        load_pretrained(folder)
+
+
+def test_config_with_fewer_layers_names_the_unexpected_tensors(ref, tmp_path):
+    folder = save_checkpoint(ref, tmp_path)
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg["text_config"]["num_hidden_layers"] = 1
+    (folder / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointError, match=r"unexpected tensor.*text_model\.roberta\.encoder\.layer\.1\."):
+        load_pretrained(folder)
+
+
+def test_missing_and_unknown_tensors_are_named(ref, tmp_path):
+    from safetensors.torch import save_file
+
+    folder = save_checkpoint(ref, tmp_path)
+    sd = reference_state_dict(ref)
+    del sd["vision_model.post_layernorm.weight"]
+    save_file(sd, folder / "model.safetensors")
+    with pytest.raises(CheckpointError, match=r"missing.*vision_model\.ln_post\.weight"):
+        load_pretrained(folder)
+    sd = reference_state_dict(ref)
+    sd["text_model.some_new_head.weight"] = torch.zeros(3)
+    save_file(sd, folder / "model.safetensors")
+    with pytest.raises(CheckpointError, match=r"unexpected.*text_model\.some_new_head\.weight"):
+        load_pretrained(folder)
+    sd = reference_state_dict(ref)
+    del sd["text_model.roberta.encoder.layer.0.attention.self.key.weight"]
+    save_file(sd, folder / "model.safetensors")
+    with pytest.raises(CheckpointError, match=r"needs q, k and v.*attention\.self\.query\.weight"):
+        load_pretrained(folder)
+
+
+def test_dropped_keys_are_only_the_listed_ones(ref, tmp_path):
+    sd = reference_state_dict(ref, legacy_buffers=True)
+    sd["text_model.roberta.pooler.dense.weight"] = torch.zeros(64, 64)
+    folder = save_checkpoint(ref, tmp_path)
+    from safetensors.torch import save_file
+    save_file(sd, folder / "model.safetensors")
+    load_pretrained(folder)  # buffers and the unused pooler are dropped, by the DROPPED list
+
+
+def test_missing_things(ref, tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_pretrained(tmp_path / "nowhere")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match=r"holds no weights: expected one of model\.safetensors"):
+        load_pretrained(tmp_path / "empty")
+    folder = save_checkpoint(ref, tmp_path / "noconfig")
+    (folder / "config.json").unlink()
+    with pytest.raises(FileNotFoundError, match="has no config.json"):
+        load_pretrained(folder)
+    folder = save_checkpoint(ref, tmp_path / "shards", fmt="sharded-safetensors")
+    next(folder.glob("model-00002-*")).unlink()
+    with pytest.raises(CheckpointError, match=r"names a shard model-00002-of-00002\.safetensors that is missing"):
+        load_pretrained(folder)
+    (folder / "config.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match=r"cannot use .*config\.json"):
+        load_pretrained(folder)
+
+
+def test_offline_without_cache_says_so(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
+    with pytest.raises(OSError, match=r"cannot reach the Hugging Face Hub to download BAAI/AltCLIP.*--model"):
+        load_pretrained("BAAI/AltCLIP")
+
+
+class FakeHub:
+    """Stands in for hf_hub_download: serves files of a local folder, records what was asked for."""
+
+    def __init__(self, folder):
+        self.folder, self.asked = folder, []
+
+    def __call__(self, repo_id, filename, **kw):
+        from huggingface_hub.errors import EntryNotFoundError
+
+        self.asked.append(filename)
+        if not (self.folder / filename).exists():
+            raise EntryNotFoundError(f"{filename} not in {repo_id}")
+        return str(self.folder / filename)
+
+
+def test_hub_download_fetches_one_format_preferring_safetensors(ref, tmp_path, monkeypatch):
+    folder = save_checkpoint(ref, tmp_path / "repo", fmt="bin")
+    save_checkpoint(ref, folder, fmt="sharded-safetensors")
+    hub = FakeHub(folder)
+    monkeypatch.setattr("huggingface_hub.hf_hub_download", hub)
+    model = load_pretrained("someone/tiny-altclip")
+    assert hub.asked == ["config.json", "model.safetensors", "model.safetensors.index.json",
+                         "model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"]
+    torch.testing.assert_close(logits(model), logits(ref), atol=1e-5, rtol=0)
+
+
+def test_to_safetensors_converts_a_legacy_bin(ref, tmp_path):
+    src = save_checkpoint(ref, tmp_path / "src", fmt="bin", legacy=True)
+    (src / "sentencepiece.bpe.model").write_bytes(b"spm")
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "load_weights.py", str(src), "--to-safetensors", str(out)],
+                          cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors", "sentencepiece.bpe.model"]
+    torch.testing.assert_close(logits(load_pretrained(out)), logits(ref), atol=1e-5, rtol=0)
+    from transformers import AltCLIPModel  # the converted folder still loads in the reference
+    torch.testing.assert_close(logits(AltCLIPModel.from_pretrained(out).eval()), logits(ref), atol=1e-5, rtol=0)
+
+
+def test_command_line_errors_are_one_line(tmp_path):
+    proc = subprocess.run([sys.executable, "load_weights.py", str(tmp_path / "missing")], cwd=ROOT,
+                          capture_output=True, text=True)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().count("\n") == 0 and "does not exist" in proc.stderr
+
+
+def test_runtime_code_never_imports_transformers():
+    """altclip.py, load_weights.py, tokenizer.py and kernels/ import and run with transformers blocked."""
+    code = (
+        "import sys, importlib.abc\n"
+        "class Block(importlib.abc.MetaPathFinder):\n"
+        "    def find_spec(self, name, path, target=None):\n"
+        "        if name.split('.')[0] == 'transformers': raise ImportError('transformers is test-only')\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "import altclip, load_weights\n"
+        "import importlib.util\n"
+        "for mod in ('tokenizer', 'kernels'):\n"
+        "    if importlib.util.find_spec(mod): importlib.import_module(mod)\n"
+        "m = altclip.AltCLIP(altclip.config_from_dict({'text_config': {'vocab_size': 10, 'hidden_size': 16, "
+        "'num_hidden_layers': 1, 'num_attention_heads': 2, 'intermediate_size': 8}, 'vision_config': {"
+        "'hidden_size': 16, 'num_hidden_layers': 1, 'num_attention_heads': 2, 'intermediate_size': 8}}))\n"
+        "assert not any(k.split('.')[0] == 'transformers' for k in sys.modules)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    sources = [ROOT / "altclip.py", ROOT / "load_weights.py", ROOT / "tokenizer.py", *ROOT.glob("kernels/*.py")]
+    for path in sources:
+        if path.exists():
+            assert "import transformers" not in path.read_text() and "from transformers" not in path.read_text(), path
