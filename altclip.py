@@ -118,12 +118,9 @@ def quick_gelu(x):
 ACTIVATIONS = {"quick_gelu": quick_gelu, "gelu": F.gelu}  # "gelu" is the exact erf form, as in XLM-R
 
 
-class LayerNorm(nn.LayerNorm):
-    """LayerNorm whose statistics are always computed in float32, also for bfloat16/float16 activations."""
-
-    def forward(self, x):
-        y = F.layer_norm(x.float(), self.normalized_shape, self.weight.float(), self.bias.float(), self.eps)
-        return y.to(x.dtype)
+# torch's layer_norm kernels (CPU and CUDA) compute mean and variance in float32 for bfloat16/float16 inputs, so the
+# plain module already keeps LayerNorm statistics in float32 without an explicit upcast (which would cost 3×).
+LayerNorm = nn.LayerNorm
 
 
 class Attention(nn.Module):
