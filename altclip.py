@@ -195,8 +195,8 @@ class VisionEmbeddings(nn.Module):
         self.grid = cfg.image_size // cfg.patch_size  # 16 patches per side at 224 px
         # A conv whose kernel equals its stride is a linear map applied to each non-overlapping patch.
         self.patch_embedding = nn.Conv2d(cfg.num_channels, cfg.hidden_size, cfg.patch_size, cfg.patch_size, bias=False)
-        self.class_embedding = nn.Parameter(torch.empty(cfg.hidden_size))
-        self.position_embedding = nn.Parameter(torch.empty(self.grid * self.grid + 1, cfg.hidden_size))
+        self.class_embedding = nn.Parameter(torch.randn(cfg.hidden_size) * cfg.hidden_size**-0.5)
+        self.position_embedding = nn.Parameter(torch.randn(self.grid * self.grid + 1, cfg.hidden_size) * 0.02)
 
     def positions(self, h: int, w: int):
         """Position table for an h×w patch grid: the trained 16×16 grid, resized bicubically when it differs."""
