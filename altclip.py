@@ -18,12 +18,19 @@ projections and contrastive loss. Weights are mapped onto these modules by name 
 """
 from __future__ import annotations
 
+import argparse
+import json
 import math
+import os
+import sys
 from dataclasses import dataclass, field, fields
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from PIL import Image, ImageOps
+from tqdm import tqdm
 
 # -----------------------------------------------------------------------------
 # Configuration. Defaults are BAAI/AltCLIP's real values.
@@ -381,3 +388,74 @@ class AltCLIP(nn.Module):
             logits_per_image=logits_per_text.t(), logits_per_text=logits_per_text,
             text_embeds=text_embeds, image_embeds=image_embeds,
             text_model_output=text, vision_model_output=vision)
+
+
+# -----------------------------------------------------------------------------
+# Image preprocessing: CLIP's recipe, which BAAI/AltCLIP's preprocessor_config.json asks for.
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # per-channel statistics of CLIP's training images
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+class ImageError(OSError):
+    """An image file that cannot be opened or decoded. The message names the file and the reason."""
+
+
+def load_image(path) -> Image.Image:
+    """Open and decode an image file, turned upright by its EXIF orientation tag (as a photo viewer shows it)."""
+    try:
+        with Image.open(path) as image:
+            return ImageOps.exif_transpose(image)  # decodes the pixels into a new image, so the file can be closed
+    except Image.UnidentifiedImageError:
+        reason = "not an image file, or in a format Pillow cannot read"
+    except Exception as e:  # missing file, permissions, truncated or corrupt data: Pillow raises many error types
+        reason = getattr(e, "strerror", None) or str(e) or type(e).__name__
+    raise ImageError(f"cannot open image '{path}': {reason}")
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Any PIL mode → RGB. Transparency (an alpha band, or a transparent palette entry or colour) is composited onto
+    white, as the reference does; PIL's plain convert("RGB") would drop alpha and show whatever colour hides there."""
+    if "A" in image.getbands() or image.info.get("transparency") is not None:
+        image = image.convert("RGBA")
+        white = Image.new("RGBA", image.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, image).convert("RGB")
+    return image.convert("RGB")
+
+
+def preprocess(images, size: int = 224) -> torch.Tensor:
+    """PIL images or image paths → (B, 3, size, size) float32 pixel values, as the reference CLIPImageProcessor
+    (PIL backend) makes them for BAAI/AltCLIP.
+
+    `images` is a PIL image, a path, or a list of them. A path is opened with load_image, so a photo's EXIF
+    orientation is applied; an image already in memory is used as it is (pass it through ImageOps.exif_transpose
+    first if it should be turned upright).
+
+    1. RGB, with transparency composited onto white;
+    2. resize with PIL's bicubic filter so that the shorter side is `size`;
+    3. crop the central size × size square;
+    4. scale to [0, 1], then subtract CLIP's mean and divide by its std, per channel.
+    """
+    if not isinstance(images, (list, tuple)):
+        images = [images]
+    if not images:
+        raise ValueError("preprocess needs at least one image")
+    crops = []
+    for image in images:
+        if isinstance(image, (str, os.PathLike)):
+            image = load_image(image)
+        if not isinstance(image, Image.Image):
+            raise TypeError(f"preprocess takes PIL images or paths, not {type(image).__name__}")
+        image = to_rgb(image)
+        w, h = image.size
+        # The longer side is rounded down, as the reference does: 500×60 becomes 1866×224, not 1867×224.
+        long = int(size * max(w, h) / min(w, h))
+        image = image.resize((size, long) if w <= h else (long, size), Image.BICUBIC)
+        # The shorter side is now exactly `size`, so the crop never needs padding. Offsets are rounded down: an odd
+        # surplus leaves one more row (column) below (right of) the crop than above (left of) it.
+        x = np.array(image)  # (H, W, 3) uint8
+        top, left = (x.shape[0] - size) // 2, (x.shape[1] - size) // 2
+        crops.append(torch.from_numpy(x[top:top + size, left:left + size]).permute(2, 0, 1))  # (3, size, size)
+    x = torch.stack(crops).float() / 255  # (B, 3, size, size) in [0, 1]
+    mean, std = torch.tensor(CLIP_MEAN).view(3, 1, 1), torch.tensor(CLIP_STD).view(3, 1, 1)
+    return (x - mean) / std
