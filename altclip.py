@@ -125,13 +125,27 @@ def quick_gelu(x):
 ACTIVATIONS = {"quick_gelu": quick_gelu, "gelu": F.gelu}  # "gelu" is the exact erf form, as in XLM-R
 
 
-# torch's layer_norm kernels (CPU and CUDA) compute mean and variance in float32 for bfloat16/float16 inputs, so the
-# plain module already keeps LayerNorm statistics in float32 without an explicit upcast (which would cost 3×).
-LayerNorm = nn.LayerNorm
+class LayerNorm(nn.LayerNorm):
+    """LayerNorm, optionally of a sum: `ln(x)` is LN(x); `ln(x, residual=r)` is (LN(x + r), x + r).
+
+    The second form is what residual blocks need, and lets the Triton kernel fuse the add into the normalisation.
+    torch's layer_norm kernels (CPU and CUDA) already compute mean and variance in float32 for bfloat16/float16
+    inputs, so statistics stay in float32 without an explicit upcast (which would cost three times as much).
+    """
+    fast = None  # the `kernels` module when the Triton fast path is on (see AltCLIP.use_kernels)
+
+    def forward(self, x, residual=None):
+        if self.fast is not None:
+            return self.fast.layer_norm(x, self.weight, self.bias, self.eps, residual=residual)
+        if residual is None:
+            return super().forward(x)
+        x = x + residual
+        return super().forward(x), x
 
 
 class Attention(nn.Module):
     """Bidirectional multi-head self-attention: softmax(QKᵀ/√d + mask)·V, per head."""
+    fast = None  # the `kernels` module when the Triton fast path is on (see AltCLIP.use_kernels)
 
     def __init__(self, dim: int, n_heads: int):
         super().__init__()
@@ -152,6 +166,10 @@ class Attention(nn.Module):
                 scores = scores.masked_fill(~key_mask, torch.finfo(scores.dtype).min)
             att = scores.softmax(dim=-1)  # in float32, whatever the model's dtype
             y = att.to(v.dtype) @ v  # (B, nh, N, hs)
+        elif self.fast is not None:
+            # Triton flash attention (kernels/attention.py): online softmax, padded key blocks skipped.
+            att = None
+            y = self.fast.attention(q, k, v, mask)
         else:
             # The same computation, fused by PyTorch (flash/memory-efficient kernels, no N×N matrix kept).
             att = None
@@ -239,8 +257,8 @@ class VisionBlock(nn.Module):
 
     def forward(self, x, mask=None, output_attentions=False):
         a, att = self.attn(self.ln_1(x), mask, output_attentions)
-        x = x + a
-        x = x + self.mlp(self.ln_2(x))
+        h, x = self.ln_2(a, residual=x)  # x ← x + a (the residual stream), h = LN(x)
+        x = x + self.mlp(h)
         return x, att
 
 
@@ -299,8 +317,8 @@ class TextBlock(nn.Module):
 
     def forward(self, x, mask=None, output_attentions=False):
         a, att = self.attn(x, mask, output_attentions)
-        x = self.ln_1(x + a)
-        x = self.ln_2(x + self.mlp(x))
+        x, _ = self.ln_1(a, residual=x)  # LN(x + a)
+        x, _ = self.ln_2(self.mlp(x), residual=x)  # LN(x + MLP(x))
         return x, att
 
 
@@ -351,6 +369,33 @@ class AltCLIP(nn.Module):
         self.text_projection = nn.Linear(config.text.project_dim, config.projection_dim, bias=False)
         self.visual_projection = nn.Linear(config.vision.hidden_size, config.projection_dim, bias=False)
         self.logit_scale = nn.Parameter(torch.tensor(config.logit_scale_init_value))
+
+    def use_kernels(self, on: bool = True):
+        """Run attention and LayerNorm with the Triton kernels of kernels/ (on=True) or with torch (on=False).
+
+        Raises RuntimeError, with the reason, when the kernels cannot run here. Attention probabilities
+        (output_attentions=True) always come from the readable path. Returns the model.
+        """
+        fast = None
+        if on:
+            import kernels  # imported only when asked for: the model itself needs no Triton
+
+            ok, why = kernels.available()
+            if not ok:
+                raise RuntimeError(f"the Triton kernels cannot run here: {why}")
+            fast = kernels
+        for m in self.modules():
+            if isinstance(m, (Attention, LayerNorm)):
+                m.fast = fast
+        return self
+
+    @property
+    def kernels(self) -> bool:
+        """Whether attention and LayerNorm run on the Triton kernels."""
+        return self.text_model.blocks[0].attn.fast is not None if len(self.text_model.blocks) else False
+
+    def extra_repr(self):
+        return f"path={'triton kernels' if self.kernels else 'torch'}"
 
     @property
     def dtype(self):

@@ -270,15 +270,38 @@ def load_config(folder: Path):
 
 
 def load_pretrained(source: str | Path = "BAAI/AltCLIP", *, dtype: torch.dtype = torch.float32,
-                    device: str | torch.device = "cpu") -> AltCLIP:
-    """Build AltCLIP from a checkpoint folder or hub repo id, in eval mode, with weights in `dtype` on `device`."""
+                    device: str | torch.device = "cpu", kernels: bool | None = None) -> AltCLIP:
+    """Build AltCLIP from a checkpoint folder or hub repo id, in eval mode, with weights in `dtype` on `device`.
+
+    kernels: None picks the Triton kernels when the model is on a CUDA device and Triton is installed, torch
+    otherwise; True insists on them (RuntimeError saying why when they cannot run; Triton's CPU interpreter,
+    TRITON_INTERPRET=1, counts as able to run); False never uses them. `model.kernels` tells which path is on.
+    """
+    use_kernels = _want_kernels(kernels, torch.device(device))
     folder, weights = resolve(source)
     config = load_config(folder)
     with torch.device("meta"):  # shapes only: no memory and no random initialisation
         model = AltCLIP(config)
     state = convert(read_tensors(weights), model, dtype, device)
     model.load_state_dict(state, strict=True, assign=True)
-    return model.eval()
+    return model.use_kernels(use_kernels).eval()
+
+
+def _want_kernels(kernels: bool | None, device: torch.device) -> bool:
+    if kernels is False or (kernels is None and device.type != "cuda"):
+        return False  # decided without importing Triton, which takes a while
+    import kernels as triton_kernels
+
+    ok, why = triton_kernels.available()
+    interpreted = ok and why.startswith("Triton interpreter")
+    if kernels is None:
+        return ok and not interpreted
+    if not ok:
+        raise RuntimeError(f"kernels=True, but the Triton kernels cannot run here: {why}")
+    if device.type != "cuda" and not interpreted:
+        raise RuntimeError(f"kernels=True needs the model on a CUDA device (got {device}), or TRITON_INTERPRET=1 "
+                           f"to run the kernels in Triton's CPU interpreter")
+    return True
 
 
 def to_safetensors(source: str | Path, out: str | Path) -> Path:
