@@ -188,7 +188,8 @@ def gpu_main(kernels, device="cuda"):
             rows = [("triton", bench(lambda: kernels.attention(q, k, v, mask))),
                     ("SDPA" + (" with the mask" if masked else ""), t_sdpa)]
             if masked:
-                rows.append(("SDPA without mask (pads as tokens)", bench(lambda: F.scaled_dot_product_attention(q, k, v))))
+                t_dense = bench(lambda: F.scaled_dot_product_attention(q, k, v))
+                rows.append(("SDPA without mask (pads as tokens)", t_dense))
             print(f"  {dt} {name}   [triton tiles: {tiles}]")
             for label, t in rows:
                 print(f"    {label:<42} {t:>8.3f} {flops / t / 1e9:>8.1f} {t_sdpa / t:>7.2f}x")

@@ -16,35 +16,35 @@ been seen, so it is tracked as it grows. After each block S = scale · Q Kᵀ (B
     acc   = acc · e^{m − m_new} + e^{S − m_new} V      running numerator (BLOCK_M × D)
     m     = m_new
 
-and at the end out = acc / l. The factor e^{m − m_new} re-expresses what was summed against the old maximum
-relative to the new one, so the result is exactly the softmax, computed in one pass. m, l and acc are float32 in
-every input dtype (the scores of a float16 model can exceed float16's range before the max is subtracted).
+and at the end out = acc / l. The factor e^{m − m_new} re-expresses what was summed against the old maximum relative
+to the new one, so the result is exactly the softmax, computed in one pass. m, l and acc are float32 in every input
+dtype (the scores of a float16 model can exceed float16's range before the max is subtracted).
 
 exp2 instead of exp. GPUs evaluate 2^x natively (one MUFU.EX2 instruction); e^x costs an extra multiply by log2(e).
 Since e^{s − m} = 2^{(s − m)·log2 e}, folding log2(e) into the softmax scale once (qk_scale = scale · log2 e) makes
-every score come out in base-2 units; m and l are then tracked in those units and exp2 is used throughout. The
-final out = acc / l is unchanged, because the same base is used in numerator and denominator.
+every score come out in base-2 units; m and l are then tracked in those units and exp2 is used throughout. The final
+out = acc / l is unchanged, because the same base is used in numerator and denominator.
 
 Padding. `attention_mask` (B, N) marks real tokens with 1 and padding with 0; padding is on the right, as the
 tokenizer makes it. A padded key must get zero weight, i.e. score −inf (e^{−inf} = 0). Keys that come after a
 sequence's last real token contribute nothing to any row, so whole key blocks past it need not be loaded or
-multiplied at all: each program first scans its sequence's mask for kv_end = 1 + index of the last visible key,
-and the loop over key blocks stops there. In a batch of short captions padded to its longest one, the padding
-blocks cost nothing, where a dense kernel (or SDPA with a mask) computes them and throws them away. Inside the
-last visited block the mask is applied element-wise (padded keys there are loaded and weighted by 0, as in SDPA),
-and so are positions past N (out-of-range keys are set to −inf, never loaded as 0: e^0 = 1 would corrupt the row).
-A mask that is not right-padded (holes, left padding) is still handled exactly; only the skipping does less.
+multiplied at all: each program first scans its sequence's mask for kv_end = 1 + index of the last visible key, and
+the loop over key blocks stops there. In a batch of short captions padded to its longest one, the padding blocks
+cost nothing, where a dense kernel (or SDPA with a mask) computes them and throws them away. Inside the last visited
+block the mask is applied element-wise (padded keys there are loaded and weighted by 0, as in SDPA), and so are
+positions past N (out-of-range keys are set to −inf, never loaded as 0: e^0 = 1 would corrupt the row). A mask that
+is not right-padded (holes, left padding) is still handled exactly; only the skipping does less.
 
 Rows with no visible key. If a sequence is all padding, every score is −inf: the textbook formula gives
 e^{−inf − (−inf)} = NaN. Here the running maximum is replaced by 0 while it is still −inf, so those rows keep l = 0
 and acc = 0, and the final division is guarded to return 0 (what torch's SDPA returns for such rows).
 
-Padded *query* rows are computed like real ones (they attend to the real keys), exactly as the reference does;
-the model never reads them.
+Padded *query* rows are computed like real ones (they attend to the real keys), exactly as the reference does; the
+model never reads them.
 
 Output layout. The kernel writes through the output's strides. `attention` allocates the output as (B, N, H, D) in
-memory and returns its (B, H, N, D) transposed view, so the caller's `out.transpose(1, 2).reshape(B, N, H * D)`
-that merges the heads is a free view rather than a copy.
+memory and returns its (B, H, N, D) transposed view, so the caller's `out.transpose(1, 2).reshape(B, N, H * D)` that
+merges the heads is a free view rather than a copy.
 """
 import math
 
@@ -71,7 +71,7 @@ def _attention_fwd_kernel(
     BLOCK_N: tl.constexpr,  # keys processed per iteration of the key loop
     HAS_MASK: tl.constexpr,  # False: every key is visible and Mask is not read
     DOT_IN_FP32: tl.constexpr,  # upcast tl.dot operands to fp32 (the interpreter multiplies bf16 as raw bits)
-    INPUT_PRECISION: tl.constexpr,  # tl.dot precision: "ieee" for fp32 inputs (no TF32), "tf32" otherwise (unused)
+    INPUT_PRECISION: tl.constexpr,  # "ieee" for fp32 inputs (no TF32 rounding); "tf32", ignored by fp16/bf16 dots
 ):
     pid_bh = tl.program_id(0)
     pid_m = tl.program_id(1)
@@ -131,7 +131,8 @@ def _attention_fwd_kernel(
         l_i = l_i * alpha + tl.sum(p, 1)
         acc = acc * alpha[:, None]
 
-        # P V on tensor cores: P is rounded to the input dtype (as FlashAttention does), the sum stays fp32.
+        # P V: P is rounded to the input dtype so fp16/bf16 run on tensor cores (as FlashAttention does); the
+        # accumulator stays fp32.
         p = p.to(V.dtype.element_ty)
         if DOT_IN_FP32:
             p = p.to(tl.float32)
@@ -201,7 +202,8 @@ def attention(q, k, v, attention_mask=None, scale=None, *, _blocks=None):
         raise ValueError(f"head size D must be 16, 32, 64 or 128, got {D}")
     for name, t in (("q", q), ("k", k), ("v", v)):
         if t.stride(-1) != 1:
-            raise ValueError(f"{name} must be contiguous along its last dimension (stride 1), got stride {t.stride(-1)}")
+            raise ValueError(f"{name} must be contiguous along its last dimension (stride 1), "
+                             f"got stride {t.stride(-1)}")
     interpreted = _is_interpreted(_attention_fwd_kernel)
     if q.device.type != "cuda" and not interpreted:
         raise RuntimeError(f"Triton kernels need CUDA tensors (got {q.device}); to run them on CPU set "
