@@ -293,7 +293,7 @@ def _want_kernels(kernels: bool | None, device: torch.device) -> bool:
     import kernels as triton_kernels
 
     ok, why = triton_kernels.available()
-    interpreted = ok and why.startswith("Triton interpreter")
+    interpreted = triton_kernels.interpreted()
     if kernels is None:
         return ok and not interpreted
     if not ok:

@@ -39,6 +39,11 @@ else:
     attention = attention_reference = layer_norm = layer_norm_reference = _unavailable
 
 
+def interpreted() -> bool:
+    """Whether the kernels were defined for Triton's CPU interpreter (TRITON_INTERPRET=1 at first import)."""
+    return _TRITON_ERROR is None and _INTERPRET_AT_IMPORT
+
+
 def available() -> tuple[bool, str]:
     """Whether the Triton kernels can run here, and a one-line reason either way.
 
@@ -60,4 +65,4 @@ def available() -> tuple[bool, str]:
     return False, "no CUDA device (set TRITON_INTERPRET=1 to run the kernels in Triton's CPU interpreter)"
 
 
-__all__ = ["available", "attention", "attention_reference", "layer_norm", "layer_norm_reference"]
+__all__ = ["available", "interpreted", "attention", "attention_reference", "layer_norm", "layer_norm_reference"]
