@@ -1,0 +1,327 @@
+"""The command line end to end, on a tiny random checkpoint with a tokenizer trained in the tests.
+
+Most runs call altclip.main(argv) in-process (fast, output captured by capsys); two run `python altclip.py` for real
+to prove the __main__ path, the exit status and that no traceback reaches the user. Probabilities are compared with
+the reference: transformers' AltCLIPModel + XLMRobertaTokenizer + CLIPImageProcessor.
+"""
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import altclip
+from altclip import CLIP_MEAN, CLIP_STD, main
+from checkpoints import save_checkpoint, tiny_reference
+from spm_fixture import train_sentencepiece
+from tokenizer import Tokenizer
+
+ROOT = Path(__file__).resolve().parents[1]
+CAT, COFFEE = ROOT / "examples" / "cat.jpg", ROOT / "examples" / "coffee.jpg"
+LABELS = ["a cat", "a dog", "a cup of coffee", "一只猫的照片", "eine Katze im Haus"]
+ATOL = 1e-4  # probabilities against the reference, float32
+
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory):
+    """A checkpoint folder as --model takes it: config.json, model.safetensors and sentencepiece.bpe.model."""
+    folder = tmp_path_factory.mktemp("tiny-altclip")
+    train_sentencepiece(folder)
+    save_checkpoint(tiny_reference(seed=0, vocab_size=Tokenizer.from_pretrained(folder).vocab_size), folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def reference(model_dir):
+    """probs(images, texts) → (images, texts) softmax of the reference's logits_per_image."""
+    from transformers import CLIPImageProcessorPil, XLMRobertaTokenizer
+
+    model = tiny_reference(seed=0, vocab_size=Tokenizer.from_pretrained(model_dir).vocab_size)  # = the saved one
+    tokenizer = XLMRobertaTokenizer.from_pretrained(model_dir)
+    processor = CLIPImageProcessorPil(
+        do_resize=True, size={"shortest_edge": 224}, resample=3, do_center_crop=True, crop_size=224,
+        do_rescale=True, rescale_factor=1 / 255, do_normalize=True, image_mean=list(CLIP_MEAN),
+        image_std=list(CLIP_STD), do_convert_rgb=True)
+
+    def probs(images, texts):
+        tokens = tokenizer(texts, padding=True, return_tensors="pt")
+        pixels = processor([Image.open(path) for path in images], return_tensors="pt")["pixel_values"]
+        with torch.no_grad():
+            out = model(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"], pixel_values=pixels)
+        return out.logits_per_image.softmax(dim=-1)
+
+    return probs
+
+
+@pytest.fixture(scope="session")
+def folder(tmp_path_factory):
+    """Four good images (two photos, a transparent PNG, a GIF), two bad ones, and things that are not images."""
+    d = tmp_path_factory.mktemp("photos")
+    shutil.copy(CAT, d / "cat.jpg")
+    shutil.copy(COFFEE, d / "coffee.JPEG")
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (90, 120, 4), dtype=np.uint8)).save(d / "noise.png")
+    Image.fromarray(rng.integers(0, 256, (40, 300), dtype=np.uint8)).convert("P").save(d / "wide.gif")
+    (d / "bad.jpg").write_text("this is a text file with an image's name\n")
+    png = (d / "noise.png").read_bytes()
+    (d / "cut.png").write_bytes(png[: len(png) // 2])
+    (d / "notes.txt").write_text("not an image, and not named like one\n")
+    (d / "sub.jpg").mkdir()  # a folder named like an image: not an image file
+    shutil.copy(CAT, d / "sub.jpg" / "nested.jpg")  # subfolders are not searched
+    return d
+
+
+GOOD = ["cat.jpg", "coffee.JPEG", "noise.png", "wide.gif"]  # name order
+BAD = ["bad.jpg", "cut.png"]
+
+
+def run(capsys, *argv):
+    """main(argv) in-process → (exit status, stdout, stderr)."""
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def run_json(capsys, *argv):
+    code, out, err = run(capsys, *argv, "--json")
+    assert code == 0 and err == "", err
+    return json.loads(out)
+
+
+def usage_error(capsys, *argv):
+    """A usage error: argparse's usage lines, then one `altclip.py: error: …` line; exit status 2."""
+    with pytest.raises(SystemExit) as e:
+        main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    assert e.value.code == 2 and out == ""
+    lines = err.strip().splitlines()
+    assert lines[0].startswith("usage: altclip.py") and lines[-1].startswith("altclip.py: error: ")
+    assert sum(line.startswith("altclip.py: error:") for line in lines) == 1 and "Traceback" not in err
+    return lines[-1]
+
+
+def one_error_line(code, out, err):
+    assert code == 1 and out == "" and "Traceback" not in err
+    assert len(err.splitlines()) == 1 and err.startswith("altclip.py: error: "), err
+    return err.strip()
+
+
+# -----------------------------------------------------------------------------
+# Results.
+
+
+def test_json_equals_reference(capsys, model_dir, reference):
+    result = run_json(capsys, CAT, *LABELS, "--model", model_dir)
+    assert len(result) == 1 and result[0]["image"] == str(CAT)
+    scores = result[0]["scores"]
+    assert sorted(scores) == sorted(LABELS)
+    values = list(scores.values())
+    assert values == sorted(values, reverse=True)  # most probable first
+    assert sum(values) == pytest.approx(1, abs=1e-5)
+    expected = reference([CAT], LABELS)[0]
+    torch.testing.assert_close(torch.tensor([scores[label] for label in LABELS]), expected, atol=ATOL, rtol=0)
+    assert expected.max() - expected.min() > 0.01  # the labels are told apart, so a mix-up of labels would show
+
+
+def test_plain_output_matches_json(capsys, model_dir):
+    scores = run_json(capsys, CAT, *LABELS, "--model", model_dir)[0]["scores"]
+    code, out, err = run(capsys, CAT, *LABELS, "--model", model_dir)
+    assert code == 0 and err == ""
+    lines = out.rstrip("\n").split("\n")
+    assert lines[0] == str(CAT) and len(lines) == 1 + len(LABELS)
+    for line, (label, p) in zip(lines[1:], scores.items()):
+        m = re.fullmatch(r"  ([ \d]{3}\.\d)%  (█*) *  (.+)", line)
+        assert m, line
+        assert float(m[1]) == pytest.approx(100 * p, abs=0.051) and len(m[2]) == round(10 * p) and m[3] == label
+
+
+def test_template(capsys, model_dir, reference):
+    scores = run_json(capsys, CAT, *LABELS, "--model", model_dir, "--template", "a photo of {}, {}.")
+    assert set(scores := scores[0]["scores"]) == set(LABELS)  # keys are the labels as given
+    expected = reference([CAT], [f"a photo of {label}, {label}." for label in LABELS])[0]
+    torch.testing.assert_close(torch.tensor([scores[label] for label in LABELS]), expected, atol=ATOL, rtol=0)
+    plain = reference([CAT], LABELS)[0]
+    assert (expected - plain).abs().max() > 1e-3  # the template made a difference
+
+
+def test_labels_file_and_duplicates(capsys, model_dir, tmp_path, reference):
+    labels_file = tmp_path / "labels.txt"
+    # A byte-order mark first (as Windows editors write it), blank lines, stray spaces and a CRLF line end.
+    labels_file.write_text("\ufeffa dog\n\n  a cup of coffee  \r\n一只猫的照片\n   \na cat\n", encoding="utf-8")
+    result = run_json(capsys, CAT, "a cat", "eine Katze im Haus", "a cat", "--labels-file", labels_file,
+                      "--model", model_dir)
+    scores = result[0]["scores"]
+    assert len(scores) == 5 and set(scores) == set(LABELS)  # "a cat" three times counts once
+    torch.testing.assert_close(torch.tensor([scores[label] for label in LABELS]), reference([CAT], LABELS)[0],
+                               atol=ATOL, rtol=0)
+    only_file = run_json(capsys, CAT, "--labels-file", labels_file, "--model", model_dir)[0]["scores"]
+    assert set(only_file) == {"a dog", "a cup of coffee", "一只猫的照片", "a cat"}
+
+
+def test_top_k(capsys, model_dir):
+    full = run_json(capsys, CAT, *LABELS, "--model", model_dir)[0]["scores"]
+    top2 = run_json(capsys, CAT, *LABELS, "--model", model_dir, "--top-k", "2")[0]["scores"]
+    assert list(top2.items()) == list(full.items())[:2]  # still a softmax over all five labels
+    assert sum(top2.values()) < 1
+    code, out, _ = run(capsys, CAT, *LABELS, "--model", model_dir, "--top-k", "2")
+    assert code == 0 and len(out.strip().splitlines()) == 3
+    assert run_json(capsys, CAT, *LABELS, "--model", model_dir, "--top-k", "99")[0]["scores"] == full
+
+
+@pytest.mark.parametrize("dtype, atol", [("bfloat16", 0.01), ("float16", 2e-3)])
+def test_dtype(capsys, model_dir, reference, monkeypatch, dtype, atol):
+    import load_weights
+
+    loaded = []
+    load = load_weights.load_pretrained
+    monkeypatch.setattr(load_weights, "load_pretrained", lambda *a, **kw: loaded.append(load(*a, **kw)) or loaded[-1])
+    scores = run_json(capsys, CAT, *LABELS, "--model", model_dir, "--dtype", dtype)[0]["scores"]
+    assert [m.dtype for m in loaded] == [getattr(torch, dtype)]
+    assert sum(scores.values()) == pytest.approx(1, abs=1e-5)
+    torch.testing.assert_close(torch.tensor([scores[label] for label in LABELS]), reference([CAT], LABELS)[0],
+                               atol=atol, rtol=0)
+
+
+def test_folder_good_and_bad_files(capsys, model_dir, folder, reference):
+    code, out, err = run(capsys, folder, *LABELS, "--model", model_dir, "--json", "--batch-size", "3")
+    assert code == 1  # some files failed
+    result = json.loads(out)
+    assert [r["image"] for r in result] == [os.path.join(str(folder), name) for name in GOOD]  # all the good ones
+    expected = reference([folder / name for name in GOOD], LABELS)
+    got = torch.tensor([[r["scores"][label] for label in LABELS] for r in result])
+    torch.testing.assert_close(got, expected, atol=ATOL, rtol=0)
+    # The bad ones are named on stderr with the reason, one line each, and nothing else is there (no progress bar).
+    lines = err.splitlines()
+    assert lines == [f"altclip.py: error: cannot open image '{os.path.join(str(folder), 'bad.jpg')}': not an image "
+                     f"file, or in a format Pillow cannot read", lines[1]]
+    assert lines[1].startswith(f"altclip.py: error: cannot open image '{os.path.join(str(folder), 'cut.png')}': ")
+    assert "truncated" in lines[1] and "Traceback" not in err
+
+
+def test_folder_plain_output_and_batching(capsys, model_dir, folder, monkeypatch):
+    calls = {"text": 0, "image": 0, "tokenizer": 0}
+
+    def counting(name, fn):
+        def wrapper(*args, **kwargs):
+            calls[name] += 1
+            return fn(*args, **kwargs)
+        return wrapper
+
+    monkeypatch.setattr(altclip.AltCLIP, "get_text_features", counting("text", altclip.AltCLIP.get_text_features))
+    monkeypatch.setattr(altclip.AltCLIP, "get_image_features", counting("image", altclip.AltCLIP.get_image_features))
+    monkeypatch.setattr(Tokenizer, "__call__", counting("tokenizer", Tokenizer.__call__))
+    code, out, err = run(capsys, str(folder) + os.sep, *LABELS, "--model", model_dir, "--batch-size", "2")
+    assert code == 1 and len(err.splitlines()) == len(BAD)
+    blocks = out.rstrip("\n").split("\n\n")
+    assert [b.splitlines()[0] for b in blocks] == [os.path.join(str(folder) + os.sep, n) for n in GOOD]
+    assert all(len(b.splitlines()) == 1 + len(LABELS) for b in blocks)
+    # Labels once per run; 6 files in batches of 2 → 3 image forwards (bad files leave gaps, not extra calls).
+    assert calls == {"text": 1, "image": 3, "tokenizer": 1}
+
+
+def test_folder_all_good_exits_0(capsys, model_dir, tmp_path):
+    shutil.copy(CAT, tmp_path / "b.jpg")
+    shutil.copy(COFFEE, tmp_path / "a.jpg")
+    code, out, err = run(capsys, tmp_path, "a cat", "coffee", "--model", model_dir)
+    assert code == 0 and err == "" and out.index("a.jpg") < out.index("b.jpg")
+
+
+# -----------------------------------------------------------------------------
+# Bad input: one line on stderr naming what is wrong, a non-zero exit, no traceback.
+
+
+def test_missing_image(capsys, model_dir, tmp_path):
+    err = one_error_line(*run(capsys, tmp_path / "nope.jpg", "a cat", "--model", model_dir))
+    assert err == f"altclip.py: error: cannot open image '{tmp_path / 'nope.jpg'}': No such file or directory"
+
+
+def test_unreadable_image(capsys, model_dir, folder):
+    err = one_error_line(*run(capsys, folder / "bad.jpg", "a cat", "--model", model_dir))
+    assert err.startswith(f"altclip.py: error: cannot open image '{folder / 'bad.jpg'}': not an image file")
+    err = one_error_line(*run(capsys, folder / "cut.png", "a cat", "--model", model_dir))
+    assert "cut.png" in err and "truncated" in err
+
+
+def test_folder_without_images(capsys, model_dir, tmp_path):
+    (tmp_path / "notes.txt").write_text("hello")
+    err = one_error_line(*run(capsys, tmp_path, "a cat", "--model", model_dir))
+    assert f"folder '{tmp_path}' holds no image files" in err
+
+
+def test_missing_model_folder(capsys, tmp_path):
+    err = one_error_line(*run(capsys, CAT, "a cat", "--model", tmp_path / "no-such-model"))
+    assert err.startswith(f"altclip.py: error: model '{tmp_path / 'no-such-model'}': ") and "does not exist" in err
+
+
+def test_model_folder_without_tokenizer(capsys, model_dir, tmp_path):
+    d = tmp_path / "weights-only"
+    d.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        shutil.copy(model_dir / name, d / name)
+    err = one_error_line(*run(capsys, CAT, "a cat", "--model", d))
+    assert err.startswith(f"altclip.py: error: model '{d}': ") and "sentencepiece.bpe.model" in err
+
+
+def test_refused_checkpoint(capsys, model_dir, tmp_path):
+    d = tmp_path / "truncated"
+    shutil.copytree(model_dir, d)
+    weights = (d / "model.safetensors").read_bytes()
+    (d / "model.safetensors").write_bytes(weights[: len(weights) // 2])
+    err = one_error_line(*run(capsys, CAT, "a cat", "--model", d))
+    assert err.startswith(f"altclip.py: error: model '{d}': ") and "truncated or corrupt" in err
+
+
+@pytest.mark.parametrize("argv, message", [
+    ([CAT], "no labels"),
+    ([CAT, "--labels-file", "EMPTY"], "no labels"),
+    ([CAT, "--labels-file", "MISSING"], "cannot read --labels-file"),
+    ([CAT, "a cat", "--template", "a photo of"], "--template 'a photo of' has no {}"),
+    ([CAT, "a cat", "--top-k", "0"], "--top-k: expected a positive whole number, got '0'"),
+    ([CAT, "a cat", "--batch-size", "x"], "--batch-size: expected a positive whole number"),
+    ([CAT, "a cat", "--dtype", "float64"], "--dtype: invalid choice"),
+    ([CAT, "a cat", "--device", "nonsense"], "--device nonsense"),
+])
+def test_usage_errors(capsys, tmp_path, argv, message):
+    (tmp_path / "EMPTY").write_text("\n  \n")
+    argv = [str(tmp_path / a) if a in ("EMPTY", "MISSING") else a for a in argv]
+    assert message in usage_error(capsys, *argv)
+
+
+# -----------------------------------------------------------------------------
+# For real: `python altclip.py …` in a subprocess.
+
+
+def test_subprocess_ranking(model_dir):
+    p = subprocess.run([sys.executable, "altclip.py", "examples/cat.jpg", "a cat", "a dog", "a cup of coffee",
+                        "--model", str(model_dir)], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0 and p.stderr == "", p.stderr
+    lines = p.stdout.splitlines()
+    assert lines[0] == "examples/cat.jpg" and len(lines) == 4
+    assert {line.split("  ")[-1].strip() for line in lines[1:]} == {"a cat", "a dog", "a cup of coffee"}
+
+
+def test_subprocess_offline_without_cache(tmp_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf-home")}
+    env.pop("HF_HUB_CACHE", None)
+    p = subprocess.run([sys.executable, "altclip.py", "examples/cat.jpg", "a cat", "a dog"], cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 1 and p.stdout == "" and "Traceback" not in p.stderr
+    assert len(p.stderr.splitlines()) == 1, p.stderr
+    assert p.stderr.startswith("altclip.py: error: model 'BAAI/AltCLIP': ")
+    assert "not in the local cache" in p.stderr and "--model" in p.stderr  # what is wrong, and the way out
+
+
+def test_progress_bar_only_on_a_terminal(capsys, model_dir, folder, monkeypatch):
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    code, out, err = run(capsys, folder, "a cat", "a dog", "--model", model_dir, "--batch-size", "4")
+    assert code == 1 and f"{len(GOOD) + len(BAD)}/{len(GOOD) + len(BAD)}" in err  # the bar, finished
+    assert "Traceback" not in err and out.count("\n\n") == len(GOOD) - 1  # the results are not cut by the bar
+    code, _, err = run(capsys, CAT, "a cat", "a dog", "--model", model_dir)  # one image: no bar
+    assert code == 0 and err == ""
