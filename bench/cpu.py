@@ -1,0 +1,342 @@
+"""CPU benchmark: our AltCLIP against the reference (transformers' AltCLIPModel, SDPA attention), same run.
+
+    python bench/cpu.py            # the whole benchmark (~10 min on 2 cores, plus ~1 min to build the model once)
+    python bench/cpu.py --quick    # fewer repeats: checks that everything runs
+    python bench/cpu.py --threads 1 --skip-job
+
+Steps, all in one process except the main-job runs:
+1. a full-size random AltCLIP (ViT-L/14 + XLM-R large) is built through the reference once and cached in
+   bench/out/altclip-random/ (see common.py);
+2. for float32, then bfloat16, both implementations are loaded in that dtype; embeddings are computed once
+   (parity, and a warm-up), then images/s (batch 4, 224×224) and texts/s (batch 16, 5-40 tokens, right-padded)
+   are timed interleaved (reference, ours, reference, ours, …) and the median of the repeats is kept. The GEMM
+   peak of the machine is timed in the same rounds as the image tower (torch.mm at its fc1 shape, 1028×1024 @
+   1024×4096), so that both see the same machine: the image tower's GFLOP/s (FLOPs counted analytically) is
+   reported as a fraction of it;
+3. the main job as a whole process, `python altclip.py IMAGE "a cat" "a dog" --model DIR` against
+   bench/reference_job.py, alternating, after one unmeasured run of each (warm file cache): wall time and peak RSS;
+4. one markdown table with the machine, torch and thread settings, printed and written to bench/out/cpu.md
+   (the raw numbers, with every repeat, go to bench/out/cpu.json).
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import gc
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+import common
+from common import IMPLS, OUT, ROOT
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+TEXTS = ["a cat", "a dog"]
+
+
+def log(*args):
+    print(*args, file=sys.stderr, flush=True)
+
+
+# -----------------------------------------------------------------------------
+# Measurements.
+
+
+def timed(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def interleaved(fns: dict, repeats: int, warmup: int) -> dict[str, list[float]]:
+    """Seconds per call of each function, alternating between them (ref, ours, ref, ours, …) after warm-up calls."""
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    times = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            times[name].append(timed(fn))
+    return times
+
+
+GEMM_CALLS = 5  # torch.mm calls per GEMM measurement, timed together
+
+
+def gemm_burst(dtype: torch.dtype):
+    """A function running GEMM_CALLS torch.mm at the image tower's fc1 shape, (B·N, C) @ (C, 4C), and its FLOPs."""
+    m, k, n = common.gemm_shape()
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(m, k, generator=g).to(dtype), torch.randn(k, n, generator=g).to(dtype)
+
+    def burst():
+        for _ in range(GEMM_CALLS):
+            torch.mm(a, b)
+    return burst, 2 * m * k * n * GEMM_CALLS
+
+
+def min_cosine(x: torch.Tensor, y: torch.Tensor) -> float:
+    return F.cosine_similarity(x.float(), y.float(), dim=-1).min().item()
+
+
+def max_abs_normalised(x: torch.Tensor, y: torch.Tensor) -> float:
+    return (F.normalize(x, dim=-1) - F.normalize(y, dim=-1)).abs().max().item()
+
+
+def throughput(folder: Path, repeats: int, warmup: int) -> dict:
+    """Per dtype: GEMM peak, embeddings, and the interleaved image/text timings of both implementations."""
+    pixels = common.image_batch()
+    ids, mask = common.text_batch()
+    res = {"image_batch": len(pixels), "text_batch": len(ids), "text_lengths": mask.sum(1).tolist()}
+    embeddings = {}
+    for dname, dtype in DTYPES.items():
+        log(f"[{dname}] loading both implementations ...")
+        models = {}
+        for impl in IMPLS:
+            t0 = time.perf_counter()
+            models[impl] = common.load(impl, folder, dtype)
+            log(f"  {impl}: {time.perf_counter() - t0:.1f} s")
+        r = res[dname] = {}
+        gemm, gemm_flops = gemm_burst(dtype)
+        with torch.inference_mode():
+            log(f"[{dname}] embeddings (also the first warm-up) ...")
+            for impl, model in models.items():
+                embeddings[dname, impl] = (common.image_features(impl, model, pixels),
+                                           common.text_features(impl, model, ids, mask))
+            log(f"[{dname}] images/s and the GEMM peak, {repeats} interleaved repeats ...")
+            fns = {impl: (lambda i=impl: common.image_features(i, models[i], pixels)) for impl in IMPLS}
+            r["image_s"] = interleaved({**fns, "gemm": gemm}, repeats, warmup - 1)
+            r["gemm_gflops"] = [gemm_flops / t / 1e9 for t in r["image_s"].pop("gemm")]
+            log(f"[{dname}] texts/s, {repeats} interleaved repeats ...")
+            r["text_s"] = interleaved({impl: (lambda i=impl: common.text_features(i, models[i], ids, mask))
+                                       for impl in IMPLS}, repeats, warmup - 1)
+        del models
+        gc.collect()
+        for what in ("image_s", "text_s"):
+            log("  " + what + ": " + ", ".join(f"{impl} {statistics.median(t):.3f} s" for impl, t in r[what].items()))
+        log(f"  GEMM: {statistics.median(r['gemm_gflops']):.0f} GFLOP/s")
+
+    for k, (kind, batch) in enumerate((("image", len(pixels)), ("text", len(ids)))):
+        res[f"{kind}_max_abs_diff_fp32"] = max_abs_normalised(embeddings["float32", "ours"][k],
+                                                              embeddings["float32", "reference"][k])
+        res[f"{kind}_max_abs_diff_fp32_raw"] = (embeddings["float32", "ours"][k]
+                                                - embeddings["float32", "reference"][k]).abs().max().item()
+        for impl in IMPLS:
+            res[f"{kind}_bf16_cosine_{impl}"] = min_cosine(embeddings["bfloat16", impl][k],
+                                                           embeddings["float32", impl][k])
+    return res
+
+
+def has_cli() -> bool:
+    return "def main" in (ROOT / "altclip.py").read_text()
+
+
+# Runs the job as its child and reports the child's wall time and peak RSS. The wrapper is needed because a child
+# forked straight from this process inherits its peak RSS (several GB once models were loaded): Linux carries the
+# high-water mark of the forked address space across exec into the child's ru_maxrss. The wrapper is small.
+WRAPPER = """
+import json, os, subprocess, sys, time
+t0 = time.perf_counter()
+proc = subprocess.Popen(sys.argv[2:])
+_, status, usage = os.wait4(proc.pid, 0)
+json.dump({"wall_s": time.perf_counter() - t0, "rss_mib": usage.ru_maxrss / 1024,
+           "rc": os.waitstatus_to_exitcode(status)}, open(sys.argv[1], "w"))
+"""
+
+
+def run_measured(cmd: list[str], env: dict) -> dict:
+    """Run one process: wall seconds, its own peak RSS (MiB), exit code, stdout and stderr."""
+    with tempfile.TemporaryDirectory() as tmp:
+        report = Path(tmp) / "report.json"
+        proc = subprocess.run([sys.executable, "-c", WRAPPER, str(report), *cmd], cwd=ROOT, env=env,
+                              capture_output=True, text=True)
+        if not report.exists():
+            raise RuntimeError(f"the measuring wrapper failed: {proc.stderr[-2000:]}")
+        return {**json.loads(report.read_text()), "stdout": proc.stdout, "stderr": proc.stderr}
+
+
+def main_job(folder: Path, repeats: int, warmup: bool, dtype: str, env: dict) -> dict:
+    image = rel(common.example_image())
+    model = rel(folder)
+    cmds = {"reference": ["bench/reference_job.py", image, *TEXTS, "--model", model],
+            "ours": ["altclip.py", image, *TEXTS, "--model", model]}
+    if dtype != "float32":
+        cmds = {impl: [*cmd, "--dtype", dtype] for impl, cmd in cmds.items()}
+    res = {"dtype": dtype, "commands": {impl: "python " + " ".join(f'"{a}"' if " " in a else a for a in c)
+                                        for impl, c in cmds.items()},
+           "runs": {impl: [] for impl in IMPLS}}
+    log(f"[main job] {'one unmeasured run each, then ' if warmup else ''}{repeats} alternating ...")
+    for k in range(repeats + warmup):
+        for impl, cmd in cmds.items():
+            r = run_measured([sys.executable, *cmd], env)
+            if r["rc"] != 0:
+                raise RuntimeError(f"the {impl} job failed (exit {r['rc']}): {' '.join(cmd)}\n{r['stderr'][-2000:]}")
+            if k == 0:
+                log(f"  {impl} prints:\n" + "".join(f"    {line}\n" for line in r["stdout"].splitlines()[:6]))
+            if k >= warmup:
+                res["runs"][impl].append({"wall_s": r["wall_s"], "rss_mib": r["rss_mib"]})
+            log(f"  {impl}: {r['wall_s']:.1f} s, {r['rss_mib']:.0f} MiB{' (unmeasured)' if k < warmup else ''}")
+    return res
+
+
+def rel(path: Path) -> str:
+    path = Path(path).resolve()
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
+
+
+# -----------------------------------------------------------------------------
+# The table.
+
+
+def machine() -> dict:
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor() or "unknown")
+    flags = Path("/proc/cpuinfo").read_text()
+    isa = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f" {f}" in flags]
+    try:
+        commit = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=ROOT, capture_output=True,
+                                text=True).stdout.strip()
+    except OSError:
+        commit = "?"
+    import transformers
+    return {"cpu": cpu, "cores": os.cpu_count(), "isa": isa, "torch": torch.__version__,
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(), "transformers": transformers.__version__,
+            "threads": torch.get_num_threads(), "python": platform.python_version(), "commit": commit,
+            "date": datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
+            "loadavg_start": Path("/proc/loadavg").read_text().split()[:3]}
+
+
+def med(xs):
+    return statistics.median(xs)
+
+
+def table(info: dict, res: dict, args) -> str:
+    rows = []  # (measure, reference, ours, ratio, goal, met)
+
+    def row(measure, ref, ours, fmt, goal="", met=None, ratio=True):
+        r = f"{ours / ref:.2f}×" if ratio and ref not in (None, 0) and ours is not None else ""
+        cell = lambda v: "—" if v is None else format(v, fmt)  # noqa: E731
+        rows.append((measure, cell(ref), cell(ours), r, goal, "" if met is None else ("yes" if met else "**no**")))
+
+    tp = res.get("throughput")
+    if tp:
+        flops = common.image_tower_flops(tp["image_batch"])
+        for dname, speed_goal in (("float32", 1.0), ("bfloat16", 1.3)):
+            d = tp[dname]
+            peak = med(d["gemm_gflops"])
+            # The machine's figure, not an implementation's: in the "ours" column for lack of a better place.
+            rows.append((f"GEMM peak, {dname}: GFLOP/s of torch.mm 1028×1024 @ 1024×4096", "", f"{peak:.0f}",
+                         "", "", ""))
+            img = {i: tp["image_batch"] / med(d["image_s"][i]) for i in IMPLS}
+            txt = {i: tp["text_batch"] / med(d["text_s"][i]) for i in IMPLS}
+            row(f"images/s, {dname} (batch {tp['image_batch']})", img["reference"], img["ours"], ".2f",
+                f"≥ {speed_goal}×", img["ours"] / img["reference"] >= speed_goal)
+            row(f"texts/s, {dname} (batch {tp['text_batch']}, 5-40 tokens)", txt["reference"], txt["ours"], ".1f",
+                f"≥ {speed_goal}×", txt["ours"] / txt["reference"] >= speed_goal)
+            gf = {i: flops / med(d["image_s"][i]) / 1e9 for i in IMPLS}
+            row(f"image tower, {dname}: GFLOP/s", gf["reference"], gf["ours"], ".0f")
+            row(f"image tower, {dname}: fraction of GEMM peak", gf["reference"] / peak, gf["ours"] / peak, ".0%",
+                "≥ 80%", gf["ours"] / peak >= 0.8, ratio=False)
+        for kind in ("image", "text"):
+            diff = tp[f"{kind}_max_abs_diff_fp32"]
+            row(f"{kind} embeddings, float32: max abs diff to reference (L2-normalised)", None, diff, ".1e",
+                "≤ 1e-4", diff <= 1e-4, ratio=False)
+        for kind in ("image", "text"):
+            cos = {i: tp[f"{kind}_bf16_cosine_{i}"] for i in IMPLS}
+            row(f"{kind} embeddings: bfloat16 cosine to own float32 (min over batch)", cos["reference"],
+                cos["ours"], ".5f", "≥ 0.999", cos["ours"] >= 0.999, ratio=False)
+    job = res.get("main_job")
+    if isinstance(job, dict):
+        wall = {i: med([r["wall_s"] for r in job["runs"][i]]) for i in IMPLS}
+        rss = {i: med([r["rss_mib"] for r in job["runs"][i]]) for i in IMPLS}
+        row(f"main job, whole process, {job['dtype']}: wall time (s)", wall["reference"], wall["ours"], ".2f",
+            "≤ 0.7×", wall["ours"] / wall["reference"] <= 0.7)
+        row(f"main job, whole process, {job['dtype']}: peak RSS (MiB)", rss["reference"], rss["ours"], ".0f",
+            "≤ 1.0×", rss["ours"] / rss["reference"] <= 1.0)
+
+    lines = [f"CPU benchmark, `python bench/cpu.py{' ' + ' '.join(args.argv) if args.argv else ''}`",
+             "",
+             f"- machine: {info['cpu']}, {info['cores']} cores ({', '.join(info['isa'])}); torch {info['torch']} "
+             f"({info['cpu_capability']}), {info['threads']} threads; transformers {info['transformers']} "
+             f"(the reference, SDPA attention); Python {info['python']}",
+             f"- date: {info['date']}; checkout {info['commit']}; load average at start "
+             f"{' '.join(info['loadavg_start'])}, at end {' '.join(info['loadavg_end'])}",
+             f"- weights: random full-size AltCLIP (bench/out/altclip-random, seed {common.SEED}), the same file for "
+             f"both; medians of {args.repeats} interleaved repeats under torch.inference_mode(), the GEMM "
+             f"timed in the same rounds as the image tower; image tower FLOPs counted analytically "
+             f"({common.image_tower_flops(4) / 1e9:.0f} GFLOP per batch of 4)",
+             f"- whole run: {info['seconds']} s",
+             ""]
+    if isinstance(job, dict):
+        lines.insert(-1, f"- main job: `{job['commands']['ours']}` against `{job['commands']['reference']}`, "
+                         f"median of {len(job['runs']['ours'])} alternating runs"
+                         + (" after one unmeasured run each" if not args.quick else ""))
+    elif job:
+        lines.insert(-1, f"- main job: skipped ({job})")
+    lines += ["| measure | reference | ours | ours/ref | goal | met |", "|---|---:|---:|---:|---|---|"]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    p = argparse.ArgumentParser(description="CPU benchmark of our AltCLIP against the reference (see the docstring).")
+    p.add_argument("--quick", action="store_true",
+                   help="1 repeat, no extra warm-up, 1 main-job run each: checks that the script works")
+    p.add_argument("--repeats", type=int, help="timed repeats per measurement (default 5, --quick 1)")
+    p.add_argument("--job-repeats", type=int, help="measured main-job runs per implementation (default 3, --quick 1)")
+    p.add_argument("--job-dtype", choices=list(DTYPES), default="float32", help="the main job's --dtype")
+    p.add_argument("--threads", type=int, help="torch threads (also OMP_NUM_THREADS for the main-job processes)")
+    p.add_argument("--model", type=Path, default=common.DEFAULT_MODEL,
+                   help="checkpoint folder; built there if missing (default bench/out/altclip-random)")
+    p.add_argument("--rebuild", action="store_true", help="build the random checkpoint again")
+    p.add_argument("--skip-throughput", action="store_true")
+    p.add_argument("--skip-job", action="store_true")
+    p.add_argument("--out", type=Path, default=OUT / "cpu.md", help="where the table goes (and .json beside it)")
+    args = p.parse_args(argv)
+    args.argv = argv
+    args.repeats = args.repeats or (1 if args.quick else 5)
+    args.job_repeats = args.job_repeats or (1 if args.quick else 3)
+    warmup = 1 if args.quick else 2  # forwards before the timed ones, counting the one that computes embeddings
+
+    env = dict(os.environ)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+        env["OMP_NUM_THREADS"] = str(args.threads)
+    t_start = time.perf_counter()
+    if args.rebuild:
+        common.build_checkpoint(args.model)
+    folder = common.ensure_checkpoint(args.model, log)
+    info = machine()
+    res = {}
+    if not args.skip_throughput:
+        res["throughput"] = throughput(folder, args.repeats, warmup)
+    if args.skip_job:
+        res["main_job"] = "--skip-job"
+    elif not has_cli():
+        res["main_job"] = "altclip.py has no command line yet (no `def main`)"
+        log(f"[main job] skipped: {res['main_job']}")
+    else:
+        res["main_job"] = main_job(folder, args.job_repeats, not args.quick, args.job_dtype, env)
+    info["loadavg_end"] = Path("/proc/loadavg").read_text().split()[:3]
+    info["seconds"] = round(time.perf_counter() - t_start)
+
+    text = table(info, res, args)
+    print(text)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(text)
+    args.out.with_suffix(".json").write_text(json.dumps({"machine": info, "results": res}, indent=1))
+    log(f"wrote {args.out} and {args.out.with_suffix('.json')} ({info['seconds']} s in all)")
+
+
+if __name__ == "__main__":
+    main()
