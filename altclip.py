@@ -26,6 +26,7 @@ import json
 import math
 import os
 import sys
+import time
 from dataclasses import dataclass, field, fields
 
 import numpy as np
@@ -514,6 +515,7 @@ def preprocess(images, size: int = 224) -> torch.Tensor:
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".tif", ".tiff", ".webp")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+KERNELS = {"auto": None, "on": True, "off": False}
 
 DESCRIPTION = """\
 Zero-shot image classification with AltCLIP: rank the LABELs, in any of ~100
@@ -565,6 +567,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--dtype", choices=DTYPES, default="float32", help="weights and activations (default: %(default)s)")
     p.add_argument("--batch-size", type=positive_int, default=8, metavar="N",
                    help="images per forward pass (default: %(default)s)")
+    p.add_argument("--kernels", choices=KERNELS, default="auto",
+                   help="Triton attention/LayerNorm kernels: auto uses them on a CUDA device with Triton installed, "
+                        "on insists (an error says why they cannot run), off never (default: %(default)s)")
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="say on stderr which model, dtype, device and compute path ran, and how long it took")
     args = p.parse_intermixed_args(argv)  # labels may come before or after the options
 
     if args.template is not None and "{}" not in args.template:
@@ -621,11 +628,19 @@ def main(argv=None) -> int:
     # Imported here: load_weights imports this file, and neither is needed for --help or a usage error.
     from load_weights import CheckpointError, load_pretrained
     from tokenizer import Tokenizer
+    start = time.perf_counter()
     try:
-        model = load_pretrained(args.model, dtype=DTYPES[args.dtype], device=args.device)
+        model = load_pretrained(args.model, dtype=DTYPES[args.dtype], device=args.device,
+                                kernels=KERNELS[args.kernels])
         tokenizer = Tokenizer.from_pretrained(args.model)
     except (OSError, CheckpointError) as e:
         return error(f"model '{args.model}': {e}")
+    except RuntimeError as e:  # --kernels on where they cannot run
+        return error(f"--kernels on: {e}")
+    if args.verbose:
+        path = "Triton kernels" if model.kernels else "torch (SDPA attention, torch LayerNorm)"
+        print(f"altclip.py: {args.model} loaded in {time.perf_counter() - start:.1f} s: {args.dtype} on "
+              f"{args.device}, attention and LayerNorm: {path}", file=sys.stderr)
 
     # The labels are embedded once, as one batch; each image is then scored against all of them.
     with torch.inference_mode():
@@ -662,6 +677,9 @@ def main(argv=None) -> int:
                     tqdm.write(("\n" if len(results) > 1 else "") + format_scores(path, scores), file=sys.stdout)
         progress.update(len(paths[start:start + args.batch_size]))
     progress.close()
+    if args.verbose:
+        print(f"altclip.py: {len(results)} image(s) scored against {len(args.labels)} label(s) in "
+              f"{time.perf_counter() - start:.1f} s", file=sys.stderr)
     if args.json:
         print(json.dumps(results, ensure_ascii=False, indent=2))
     return 1 if failed else 0

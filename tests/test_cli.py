@@ -325,3 +325,34 @@ def test_progress_bar_only_on_a_terminal(capsys, model_dir, folder, monkeypatch)
     assert "Traceback" not in err and out.count("\n\n") == len(GOOD) - 1  # the results are not cut by the bar
     code, _, err = run(capsys, CAT, "a cat", "a dog", "--model", model_dir)  # one image: no bar
     assert code == 0 and err == ""
+
+
+# -----------------------------------------------------------------------------
+# The compute path: --kernels and --verbose.
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="on CPU the Triton kernels run in the interpreter")
+def test_kernels_on_equals_off_and_verbose_says_which_ran(capsys, model_dir):
+    code, out_on, err_on = run(capsys, CAT, *LABELS, "--model", model_dir, "--kernels", "on", "-v", "--json")
+    assert code == 0 and "attention and LayerNorm: Triton kernels" in err_on
+    code, out_off, err_off = run(capsys, CAT, *LABELS, "--model", model_dir, "--kernels", "off", "-v", "--json")
+    assert code == 0 and "attention and LayerNorm: torch" in err_off
+    assert "1 image(s) scored against 5 label(s)" in err_off
+    on, off = json.loads(out_on)[0]["scores"], json.loads(out_off)[0]["scores"]
+    assert on.keys() == off.keys()
+    for label in on:
+        assert abs(on[label] - off[label]) < ATOL, label
+
+
+def test_kernels_auto_on_cpu_is_torch(capsys, model_dir):
+    code, _, err = run(capsys, CAT, "a cat", "a dog", "--model", model_dir, "-v")
+    assert code == 0 and ("Triton kernels" in err) == torch.cuda.is_available()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without CUDA")
+def test_kernels_on_without_gpu_or_interpreter_is_one_line(model_dir):
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    proc = subprocess.run([sys.executable, "altclip.py", str(CAT), "a cat", "--model", str(model_dir),
+                           "--kernels", "on"], cwd=ROOT, env=env, capture_output=True, text=True)
+    line = one_error_line(proc.returncode, proc.stdout, proc.stderr)
+    assert "--kernels on" in line and "TRITON_INTERPRET=1" in line
