@@ -263,25 +263,27 @@ def table(info: dict, res: dict, args) -> str:
         row(f"main job, whole process, {job['dtype']}: peak RSS (MiB)", rss["reference"], rss["ours"], ".0f",
             "≤ 1.0×", rss["ours"] / rss["reference"] <= 1.0)
 
-    lines = [f"CPU benchmark, `python bench/cpu.py{' ' + ' '.join(args.argv) if args.argv else ''}`",
+    lines = [f"CPU benchmark, `python bench/cpu.py{' ' + ' '.join(args.argv) if args.argv else ''}` "
+             f"({info['seconds']} s in all)",
              "",
              f"- machine: {info['cpu']}, {info['cores']} cores ({', '.join(info['isa'])}); torch {info['torch']} "
              f"({info['cpu_capability']}), {info['threads']} threads; transformers {info['transformers']} "
              f"(the reference, SDPA attention); Python {info['python']}",
              f"- date: {info['date']}; checkout {info['commit']}; load average at start "
              f"{' '.join(info['loadavg_start'])}, at end {' '.join(info['loadavg_end'])}",
-             f"- weights: random full-size AltCLIP (bench/out/altclip-random, seed {common.SEED}), the same file for "
-             f"both; medians of {args.repeats} interleaved repeats under torch.inference_mode(), the GEMM "
-             f"timed in the same rounds as the image tower; image tower FLOPs counted analytically "
-             f"({common.image_tower_flops(4) / 1e9:.0f} GFLOP per batch of 4)",
-             f"- whole run: {info['seconds']} s",
-             ""]
+             f"- weights: random full-size AltCLIP ({rel(args.model)}, seed {common.SEED}), the same file for both"]
+    if tp:
+        lines.append(f"- throughput: medians of {args.repeats} interleaved repeats under torch.inference_mode(); the "
+                     f"GEMM timed in the same rounds as the image tower; image tower FLOPs counted analytically "
+                     f"({common.image_tower_flops(tp['image_batch']) / 1e9:.0f} GFLOP per batch of "
+                     f"{tp['image_batch']}); text lengths {tp['text_lengths']}")
     if isinstance(job, dict):
-        lines.insert(-1, f"- main job: `{job['commands']['ours']}` against `{job['commands']['reference']}`, "
-                         f"median of {len(job['runs']['ours'])} alternating runs"
-                         + (" after one unmeasured run each" if not args.quick else ""))
+        lines.append(f"- main job: `{job['commands']['ours']}` against `{job['commands']['reference']}`, median of "
+                     f"{len(job['runs']['ours'])} alternating runs"
+                     + (" after one unmeasured run each" if not args.quick else ""))
     elif job:
-        lines.insert(-1, f"- main job: skipped ({job})")
+        lines.append(f"- main job: skipped ({job})")
+    lines.append("")
     lines += ["| measure | reference | ours | ours/ref | goal | met |", "|---|---:|---:|---:|---|---|"]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     return "\n".join(lines) + "\n"
