@@ -20,6 +20,7 @@ import json
 import re
 import shutil
 import sys
+import zipfile
 from pathlib import Path
 
 import torch
@@ -196,8 +197,14 @@ _FUSED_PARTS = [(_pattern(part), ours, k) for ours, parts in FUSED.items() for k
 _DROPPED = [re.compile(f"^{r}$") for r in DROPPED]
 
 
-def convert(tensors: dict[str, torch.Tensor], model: AltCLIP, dtype: torch.dtype, device="cpu") -> dict:
-    """Map checkpoint tensors onto `model`'s parameter names, checking every name and shape."""
+def convert(tensors: dict[str, torch.Tensor], model: AltCLIP, dtype: torch.dtype, device="cpu",
+            fuse_from: dict[str, torch.Tensor] | None = None) -> dict:
+    """Map checkpoint tensors onto `model`'s parameter names, checking every name and shape.
+
+    The FUSED parts are taken from `fuse_from` when given: a second mapping of the same file that the caller drops
+    afterwards, so the pages read for fusing leave memory instead of staying mapped beside the fused copies.
+    """
+    fuse_from = tensors if fuse_from is None else fuse_from
     expected = {name: p.shape for name, p in model.named_parameters()}
     ours, sources, fused, unexpected = {}, {}, {}, []
     for name, t in tensors.items():
@@ -213,7 +220,7 @@ def convert(tensors: dict[str, torch.Tensor], model: AltCLIP, dtype: torch.dtype
         else:
             for regex, target, k in _FUSED_PARTS:
                 if m := regex.match(canonical):
-                    fused.setdefault(target.format(**m.groupdict()), [None] * 3)[k] = (name, t)
+                    fused.setdefault(target.format(**m.groupdict()), [None] * 3)[k] = (name, fuse_from[name])
                     break
             else:
                 unexpected.append(name)
@@ -282,7 +289,11 @@ def load_pretrained(source: str | Path = "BAAI/AltCLIP", *, dtype: torch.dtype =
     config = load_config(folder)
     with torch.device("meta"):  # shapes only: no memory and no random initialisation
         model = AltCLIP(config)
-    state = convert(read_tensors(weights), model, dtype, device)
+    # Memory-mapped (pages are read on first use); q/k/v come from a second mapping, released after fusing.
+    # A pickle in the pre-zip format cannot be mapped, so it is read once, into memory.
+    mappable = weights.suffix != ".bin" or zipfile.is_zipfile(weights)
+    state = convert(read_tensors(weights), model, dtype, device,
+                    fuse_from=read_tensors(weights) if mappable else None)
     model.load_state_dict(state, strict=True, assign=True)
     return model.use_kernels(use_kernels).eval()
 

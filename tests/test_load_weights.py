@@ -264,3 +264,19 @@ def test_runtime_code_never_imports_transformers():
     for path in sources:
         if path.exists():
             assert "import transformers" not in path.read_text() and "from transformers" not in path.read_text(), path
+
+
+def test_fused_parts_are_read_from_the_second_mapping(ref, tmp_path):
+    """load_pretrained fuses q/k/v from a second read of the file, dropped afterwards: its pages leave memory."""
+    from altclip import AltCLIP
+
+    weights = save_checkpoint(ref, tmp_path) / "model.safetensors"
+    tensors, second = load_weights.read_tensors(weights), load_weights.read_tensors(weights)
+    second = {n: t + 1 for n, t in second.items()}  # distinguishable
+    with torch.device("meta"):
+        model = AltCLIP(load_weights.load_config(weights.parent))
+    state = load_weights.convert(tensors, model, torch.float32, fuse_from=second)
+    p = "vision_model.encoder.layers.0.self_attn"
+    torch.testing.assert_close(state["vision_model.blocks.0.attn.qkv.bias"],
+                               torch.cat([second[f"{p}.{x}_proj.bias"] for x in "qkv"]))
+    torch.testing.assert_close(state["vision_model.blocks.0.attn.proj.bias"], tensors[f"{p}.out_proj.bias"])
