@@ -49,7 +49,7 @@ def load(prefer_real: bool = True):
             raise FileNotFoundError(f"ALTCLIP_WEIGHTS={source} is not a folder; point it at a BAAI/AltCLIP "
                                     f"download, or set ALTCLIP_WEIGHTS=random for the tiny random model")
         if folder is not None:
-            return _load_real(folder)
+            return _load_real(folder, str(folder) if source else f"{REPO_ID} (Hugging Face cache)")
     return tiny_random()
 
 
@@ -66,14 +66,14 @@ def _cached_snapshot() -> Path | None:
     return folder if has_weights and (folder / "sentencepiece.bpe.model").exists() else None
 
 
-def _load_real(folder: Path):
+def _load_real(folder: Path, name: str):
     from load_weights import load_pretrained
 
     model = load_pretrained(folder)  # float32, eval mode, strict
     tok = Tokenizer.from_pretrained(folder)
     n = sum(p.numel() for p in model.parameters())
-    return model, tok, (f"the real BAAI/AltCLIP weights ({n / 1e6:.0f}M parameters, from {folder.name}): "
-                        f"scores and pictures are those of the released model")
+    return model, tok, (f"trained weights: {name}, {n / 1e6:.1f}M parameters. Scores and pictures are those of "
+                        f"this checkpoint.")
 
 
 def tiny_config(vocab_size: int) -> AltCLIPConfig:
