@@ -628,7 +628,7 @@ def main(argv=None) -> int:
     # Imported here: load_weights imports this file, and neither is needed for --help or a usage error.
     from load_weights import CheckpointError, load_pretrained
     from tokenizer import Tokenizer
-    start = time.perf_counter()
+    t0 = time.perf_counter()
     try:
         model = load_pretrained(args.model, dtype=DTYPES[args.dtype], device=args.device,
                                 kernels=KERNELS[args.kernels])
@@ -639,7 +639,7 @@ def main(argv=None) -> int:
         return error(f"--kernels on: {e}")
     if args.verbose:
         path = "Triton kernels" if model.kernels else "torch (SDPA attention, torch LayerNorm)"
-        print(f"altclip.py: {args.model} loaded in {time.perf_counter() - start:.1f} s: {args.dtype} on "
+        print(f"altclip.py: {args.model} loaded in {time.perf_counter() - t0:.1f} s: {args.dtype} on "
               f"{args.device}, attention and LayerNorm: {path}", file=sys.stderr)
 
     # The labels are embedded once, as one batch; each image is then scored against all of them.
@@ -679,7 +679,7 @@ def main(argv=None) -> int:
     progress.close()
     if args.verbose:
         print(f"altclip.py: {len(results)} image(s) scored against {len(args.labels)} label(s) in "
-              f"{time.perf_counter() - start:.1f} s", file=sys.stderr)
+              f"{time.perf_counter() - t0:.1f} s", file=sys.stderr)
     if args.json:
         print(json.dumps(results, ensure_ascii=False, indent=2))
     return 1 if failed else 0

@@ -115,37 +115,85 @@ def resolve(source: str | Path, optional: list[str] = ()) -> tuple[Path, Path]:
 
 
 def _download(repo_id: str, optional) -> tuple[Path, Path]:
-    from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError, RepositoryNotFoundError
+    # The cache first, without touching the network: a model used once works offline, and starts fast.
+    found = _fetch_all(repo_id, optional, local_only=True)
+    if found is None:
+        if not hub_reachable():
+            raise OSError(offline_message(repo_id))
+        found = _fetch_all(repo_id, optional, local_only=False)
+    return found
 
-    def fetch(name):
-        try:
-            return Path(hf_hub_download(repo_id, name))
-        except RepositoryNotFoundError:
-            raise FileNotFoundError(f"{repo_id} is not a model repository on the Hugging Face Hub "
-                                    f"(or it is private), and no local folder has that name") from None
-        except LocalEntryNotFoundError:  # offline (or the hub is unreachable) and not in the cache
-            return "offline"
-        except EntryNotFoundError:
-            return None
 
-    config = fetch("config.json")
-    if config == "offline":
-        raise OSError(f"cannot reach the Hugging Face Hub to download {repo_id}, and it is not in the local cache. "
-                      f"Download it once with network access (`hf download {repo_id}`), or point at a local copy: "
-                      f"--model /path/to/folder (or load_pretrained('/path/to/folder'))")
+def _fetch_all(repo_id, optional, local_only):
+    """(folder, weights) with config.json, one weight format (and its shards) and the optional files, or None."""
+    config = hub_file(repo_id, "config.json", local_only)
     if config is None:
+        if local_only:
+            return None
         raise FileNotFoundError(f"{repo_id} has no config.json on the Hugging Face Hub")
     for name in WEIGHT_FILES:
-        weights = fetch(name)
-        if isinstance(weights, Path):
-            if name.endswith(".index.json"):
-                for shard in sorted(set(json.loads(weights.read_text())["weight_map"].values())):
-                    fetch(shard)
-            for extra in optional:
-                fetch(extra)
-            return config.parent, weights
-    raise FileNotFoundError(f"{repo_id} has none of {', '.join(WEIGHT_FILES)} (or they are not cached)")
+        weights = hub_file(repo_id, name, local_only)
+        if weights is None:
+            continue
+        if name.endswith(".index.json"):
+            shards = sorted(set(json.loads(weights.read_text())["weight_map"].values()))
+            if any(hub_file(repo_id, shard, local_only) is None for shard in shards):
+                if local_only:
+                    return None
+                raise FileNotFoundError(f"{repo_id}: {name} names shards that the repository does not have")
+        for extra in optional:
+            hub_file(repo_id, extra, local_only)
+        return config.parent, weights
+    if local_only:
+        return None
+    raise FileNotFoundError(f"{repo_id} has none of {', '.join(WEIGHT_FILES)} on the Hugging Face Hub")
+
+
+def hub_file(repo_id: str, filename: str, local_only: bool = False) -> Path | None:
+    """One file of a hub repo through huggingface_hub's cache, or None if the repo has no such file (or, with
+    local_only, if it is not cached). Errors: FileNotFoundError for a repo that does not exist, OSError offline."""
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import (EntryNotFoundError, HFValidationError, LocalEntryNotFoundError,
+                                        RepositoryNotFoundError)
+    try:
+        return Path(hf_hub_download(repo_id, filename, local_files_only=local_only))
+    except HFValidationError:
+        raise FileNotFoundError(f"{repo_id!r} is neither a local folder nor a Hugging Face Hub repo id") from None
+    except RepositoryNotFoundError:
+        raise FileNotFoundError(f"{repo_id} is not a model repository on the Hugging Face Hub (or it is private), "
+                                f"and no local folder has that name") from None
+    except EntryNotFoundError:
+        return None
+    except LocalEntryNotFoundError:  # not in the cache, and (when asked to download) the hub could not be reached
+        if local_only:
+            return None
+        raise OSError(offline_message(repo_id)) from None
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the hub answers at all: one quick connection instead of huggingface_hub's retries with back-off."""
+    import os
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return False
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return True  # only the proxy can tell; let huggingface_hub try
+    url = urlparse(constants.ENDPOINT)
+    try:
+        socket.create_connection((url.hostname, url.port or 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def offline_message(repo_id: str) -> str:
+    return (f"cannot reach the Hugging Face Hub to download {repo_id}, and it is not in the local cache. Download "
+            f"it once with network access (`hf download {repo_id}`), or point at a local copy: --model "
+            f"/path/to/folder (or load_pretrained('/path/to/folder'))")
 
 
 # -----------------------------------------------------------------------------

@@ -29,8 +29,6 @@ import struct
 import regex  # grapheme clusters (\X), which the standard library's `re` lacks
 import sentencepiece
 import torch
-from huggingface_hub import hf_hub_download
-from huggingface_hub.utils import HFValidationError
 
 MODEL_FILE = "sentencepiece.bpe.model"
 SPECIALS = ["<s>", "<pad>", "</s>", "<unk>"]  # fairseq ids 0-3; <mask> comes after the pieces
@@ -227,13 +225,14 @@ def varint(buf, i):
 
 
 def download(repo_id, filename):
-    """A file of a hub repo, through huggingface_hub's cache; a clear error when it cannot be had."""
-    try:
-        return hf_hub_download(repo_id, filename)
-    except HFValidationError as err:
-        raise FileNotFoundError(f"{repo_id!r} is neither a folder nor a Hugging Face hub repo id") from err
-    except OSError as err:  # offline and not cached, no such repo or file, network errors
-        raise OSError(
-            f"cannot get {filename} of {repo_id!r} from the Hugging Face hub or its local cache "
-            f"({type(err).__name__}); to work offline, point at a local folder holding {filename}: "
-            f"--model DIR, or Tokenizer.from_pretrained('/path/to/folder')") from err
+    """A file of a hub repo, through huggingface_hub's cache (looked at first), with load_weights' clear errors."""
+    from load_weights import hub_file, hub_reachable, offline_message  # one resolver for weights and tokenizer
+
+    path = hub_file(repo_id, filename, local_only=True)
+    if path is None:
+        if not hub_reachable():
+            raise OSError(offline_message(repo_id))
+        path = hub_file(repo_id, filename)
+    if path is None:
+        raise FileNotFoundError(f"{repo_id} has no {filename} on the Hugging Face Hub")
+    return path

@@ -280,3 +280,49 @@ def test_fused_parts_are_read_from_the_second_mapping(ref, tmp_path):
     torch.testing.assert_close(state["vision_model.blocks.0.attn.qkv.bias"],
                                torch.cat([second[f"{p}.{x}_proj.bias"] for x in "qkv"]))
     torch.testing.assert_close(state["vision_model.blocks.0.attn.proj.bias"], tensors[f"{p}.out_proj.bias"])
+
+
+def hub_cache(monkeypatch, tmp_path, offline: bool):
+    """An empty huggingface_hub cache in tmp_path (its settings are read at import, so patch the constants)."""
+    cache = tmp_path / "hf" / "hub"
+    cache.mkdir(parents=True)
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", offline)
+    return cache
+
+
+def test_cached_bin_loads_without_the_network(ref, tmp_path, monkeypatch):
+    """BAAI/AltCLIP's hub repo has only pytorch_model.bin: once cached, it loads offline, with no connection tried."""
+    import socket
+
+    cache = hub_cache(monkeypatch, tmp_path, offline=False)
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = cache / "models--someone--tiny-altclip"
+    save_checkpoint(ref, repo / "snapshots" / commit, fmt="bin", legacy=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("tried to reach the network although the model is cached")
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    torch.testing.assert_close(logits(load_pretrained("someone/tiny-altclip")), logits(ref), atol=1e-5, rtol=0)
+
+
+def test_unreachable_hub_fails_at_once(tmp_path, monkeypatch):
+    """No HF_HUB_OFFLINE, but no network: one quick probe, then the clear error (no retries with back-off)."""
+    import socket
+    import time
+
+    hub_cache(monkeypatch, tmp_path, offline=False)
+    tries = []
+
+    def unreachable(address, *args, **kwargs):
+        tries.append(address)
+        raise OSError("Network is unreachable")
+    monkeypatch.setattr(socket, "create_connection", unreachable)
+    start = time.perf_counter()
+    with pytest.raises(OSError, match=r"cannot reach the Hugging Face Hub to download BAAI/AltCLIP.*--model"):
+        load_pretrained("BAAI/AltCLIP")
+    assert len(tries) == 1 and time.perf_counter() - start < 2

@@ -265,7 +265,7 @@ def offline_hub(monkeypatch, tmp_path):
 def test_offline_without_cache_is_a_clear_error(offline_hub):
     with pytest.raises(OSError, match="nobody-here/no-such-altclip") as err:
         Tokenizer.from_pretrained("nobody-here/no-such-altclip")
-    assert "--model DIR" in str(err.value) and "\n" not in str(err.value)
+    assert "--model /path/to/folder" in str(err.value) and "\n" not in str(err.value)
 
 
 def test_offline_from_hub_cache(offline_hub, model_dir, tok):
