@@ -147,6 +147,24 @@ class LayerNorm(nn.LayerNorm):
         return super().forward(x), x
 
 
+class Packing:
+    """Right-padded texts ⇄ their real tokens alone, so that token-wise layers (linears, LayerNorm, MLP) skip padding.
+
+    pack: (B, L, ·) → (T, ·), the T real tokens in order; unpack: (T, ·) → (B, L, ·), zeros where padding was.
+    """
+
+    def __init__(self, mask):  # (B, L) bool, True = real token
+        self.shape = mask.shape
+        self.index = mask.flatten().nonzero().squeeze(1)  # (T,): where the real tokens sit in the B·L grid
+
+    def pack(self, x):
+        return x.flatten(0, 1).index_select(0, self.index)
+
+    def unpack(self, x):
+        B, L = self.shape
+        return x.new_zeros(B * L, x.shape[-1]).index_copy_(0, self.index, x).view(B, L, -1)
+
+
 class Attention(nn.Module):
     """Bidirectional multi-head self-attention: softmax(QKᵀ/√d + mask)·V, per head."""
     fast = None  # the `kernels` module when the Triton fast path is on (see AltCLIP.use_kernels)
@@ -157,11 +175,14 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(dim, 3 * dim)  # q, k, v projections as one matmul (load_weights.py concatenates them)
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, x, mask=None, output_attentions=False):
-        # x: (B, N, C); mask: (B, N) bool, True = a real token that may be attended to, or None
-        B, N, C = x.shape
+    def forward(self, x, mask=None, output_attentions=False, packing=None):
+        # x: (B, N, C), or (T, C) real tokens with `packing`; mask: (B, N) bool, True = a real token, or None
+        qkv = self.qkv(x)  # (B, N, 3C)
+        if packing is not None:
+            qkv = packing.unpack(qkv)  # (T, 3C) → (B, N, 3C): each text's tokens side by side, for attention
+        B, N, C = qkv.shape[0], qkv.shape[1], qkv.shape[2] // 3
         nh, hs = self.n_heads, C // self.n_heads
-        q, k, v = self.qkv(x).view(B, N, 3, nh, hs).permute(2, 0, 3, 1, 4)  # 3 × (B, nh, N, hs)
+        q, k, v = qkv.view(B, N, 3, nh, hs).permute(2, 0, 3, 1, 4)  # 3 × (B, nh, N, hs)
         key_mask = None if mask is None else mask[:, None, None, :]  # (B, 1, 1, N): hide padded keys from every query
         if output_attentions:
             # The readable definition, also the only path that materialises the attention probabilities.
@@ -179,6 +200,8 @@ class Attention(nn.Module):
             att = None
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask)
         y = y.transpose(1, 2).reshape(B, N, C)  # (B, N, nh·hs): heads side by side again
+        if packing is not None:
+            y = packing.pack(y)  # (T, C)
         return self.proj(y), att
 
 
@@ -201,10 +224,10 @@ class TowerOutput:
     attentions: tuple | None = None  # per block: (B, heads, N, N) attention probabilities
 
 
-def _run_blocks(blocks, x, mask, output_hidden_states, output_attentions):
+def _run_blocks(blocks, x, mask, output_hidden_states, output_attentions, packing=None):
     hidden_states, attentions = [x], []
     for block in blocks:
-        x, att = block(x, mask, output_attentions)
+        x, att = block(x, mask, output_attentions, packing)
         hidden_states.append(x)
         attentions.append(att)
     return (x, tuple(hidden_states) if output_hidden_states else None,
@@ -259,8 +282,8 @@ class VisionBlock(nn.Module):
         self.ln_2 = LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
         self.mlp = MLP(cfg.hidden_size, cfg.intermediate_size, cfg.hidden_act)
 
-    def forward(self, x, mask=None, output_attentions=False):
-        a, att = self.attn(self.ln_1(x), mask, output_attentions)
+    def forward(self, x, mask=None, output_attentions=False, packing=None):
+        a, att = self.attn(self.ln_1(x), mask, output_attentions, packing)
         h, x = self.ln_2(a, residual=x)  # x ← x + a (the residual stream), h = LN(x)
         x = x + self.mlp(h)
         return x, att
@@ -319,8 +342,8 @@ class TextBlock(nn.Module):
         self.mlp = MLP(cfg.hidden_size, cfg.intermediate_size, cfg.hidden_act)
         self.ln_2 = LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
 
-    def forward(self, x, mask=None, output_attentions=False):
-        a, att = self.attn(x, mask, output_attentions)
+    def forward(self, x, mask=None, output_attentions=False, packing=None):
+        a, att = self.attn(x, mask, output_attentions, packing)
         x, _ = self.ln_1(a, residual=x)  # LN(x + a)
         x, _ = self.ln_2(self.mlp(x), residual=x)  # LN(x + MLP(x))
         return x, att
@@ -335,10 +358,19 @@ class TextTower(nn.Module):
         self.transformation = nn.Linear(cfg.hidden_size, cfg.project_dim)
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None,
-                output_hidden_states=False, output_attentions=False) -> TowerOutput:
+                output_hidden_states=False, output_attentions=False, skip_padding=False) -> TowerOutput:
+        """skip_padding: run the blocks on the real tokens only (same result at real tokens, zeros at padding);
+        get_text_features uses it. By default every position is computed, padding too, as in the reference."""
         x = self.embeddings(input_ids, token_type_ids, position_ids)  # (B, L, 1024)
         mask = None if attention_mask is None else attention_mask.bool()  # (B, L), True = real token
-        x, hidden_states, attentions = _run_blocks(self.blocks, x, mask, output_hidden_states, output_attentions)
+        packing = None
+        if skip_padding and mask is not None and not (output_hidden_states or output_attentions):
+            packing = Packing(mask)
+            x = packing.pack(x)  # (T, 1024): T real tokens, no padding
+        x, hidden_states, attentions = _run_blocks(self.blocks, x, mask, output_hidden_states, output_attentions,
+                                                   packing)
+        if packing is not None:
+            x = packing.unpack(x)  # (B, L, 1024)
         state = self.transformation(self.ln_out(x))  # (B, L, 768): the "projection state"
         return TowerOutput(state, state[:, 0], hidden_states, attentions)  # pooled: the <s> token
 
@@ -411,7 +443,7 @@ class AltCLIP(nn.Module):
 
     def get_text_features(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None):
         """(B, L) token ids → (B, projection_dim) text embeddings, float32, not normalised."""
-        out = self.text_model(input_ids, attention_mask, token_type_ids, position_ids)
+        out = self.text_model(input_ids, attention_mask, token_type_ids, position_ids, skip_padding=True)
         return self.text_projection(out.pooler_output).float()
 
     def get_image_features(self, pixel_values, interpolate_pos_encoding=False):

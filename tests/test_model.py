@@ -184,3 +184,15 @@ def test_config_errors():
     with pytest.raises(ValueError, match="unsupported hidden_act 'swish'"):
         config_from_dict({"vision_config": {"hidden_act": "swish"}})
     assert TextConfig().pad_token_id == 1 and VisionConfig().image_size == 224
+
+
+def test_skipping_padding_changes_nothing_at_real_tokens(pair):
+    """get_text_features runs the blocks on the real tokens only (Packing); the real tokens' states are unchanged."""
+    _, ours = pair
+    ids, mask = ragged_batch([40, 5, 2, 23])
+    real = mask.bool()
+    with torch.no_grad():
+        full = ours.text_model(ids, mask)
+        packed = ours.text_model(ids, mask, skip_padding=True)
+    torch.testing.assert_close(packed.last_hidden_state[real], full.last_hidden_state[real], **F32)
+    torch.testing.assert_close(ours.get_text_features(ids, mask), ours.text_projection(full.pooler_output), **F32)

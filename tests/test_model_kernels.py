@@ -75,3 +75,13 @@ def test_forcing_kernels_without_gpu_or_interpreter_is_a_clear_error(folder):
                           capture_output=True, text=True)
     assert proc.returncode == 3, proc.stderr
     assert "kernels=True" in proc.stdout and "TRITON_INTERPRET=1" in proc.stdout
+
+
+def test_text_features_with_padding_skipped(folder):
+    """get_text_features packs the real tokens; with the kernels, attention still sees each text's own tokens."""
+    fast = load_pretrained(folder, device=DEVICE, kernels=True)
+    slow = load_pretrained(folder, device=DEVICE, kernels=False)
+    ids, mask = ragged_batch([33, 2, 12, 7])
+    with torch.no_grad():
+        torch.testing.assert_close(fast.get_text_features(ids.to(DEVICE), mask.to(DEVICE)),
+                                   slow.get_text_features(ids.to(DEVICE), mask.to(DEVICE)), **F32)
