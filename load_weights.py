@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import re
 import shutil
 import sys
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from altclip import AltCLIP, config_from_dict
@@ -211,13 +213,7 @@ def read_tensors(weights: Path) -> dict[str, torch.Tensor]:
             tensors.update(read_tensors(weights.parent / shard))
         return tensors
     if weights.suffix == ".safetensors":
-        from safetensors import safe_open
-        try:
-            with safe_open(weights, framework="pt") as f:
-                return {name: f.get_tensor(name) for name in f.keys()}
-        except Exception as e:  # safetensors raises its own error types for bad headers and short files
-            raise CheckpointError(f"cannot read {weights}: {e} (the file is truncated or corrupt; "
-                                  f"delete it and download it again)") from None
+        return read_safetensors(weights)
     try:
         return torch.load(weights, map_location="cpu", weights_only=True, mmap=True)
     except RuntimeError as e:
@@ -229,6 +225,52 @@ def read_tensors(weights: Path) -> dict[str, torch.Tensor]:
             raise CheckpointError(f"refused to load {weights}: it holds pickled objects other than tensors, which "
                                   f"could run code when unpickled ({str(e).splitlines()[0]})") from None
         raise CheckpointError(f"cannot read {weights}: {e}") from None
+
+
+SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+                      "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+                      "BOOL": torch.bool}
+
+
+def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    """A .safetensors file: an 8-byte little-endian header size, a JSON header {name: {dtype, shape, data_offsets}},
+    then the tensors' bytes.
+
+    Each tensor is memory-mapped on its own (copy-on-write): nothing is read until it is used, and the pages of a
+    tensor that is copied on the way in (fused, cast, packed) leave memory as soon as that tensor is dropped. One
+    mapping of the whole file would keep them resident for as long as any tensor of the file lives.
+    """
+    def corrupt(why):
+        return CheckpointError(f"cannot read {path}: {why} (the file is truncated or corrupt; delete it and "
+                               f"download it again)")
+
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(8)
+        n = int.from_bytes(head, "little") if len(head) == 8 else -1
+        if not 0 < n <= size - 8:
+            raise corrupt(f"header size {n} does not fit a file of {size} bytes")
+        try:
+            header = json.loads(f.read(n))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise corrupt(f"its header is not JSON ({e})") from None
+    tensors = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            dtype, shape, (begin, end) = SAFETENSORS_DTYPES[info["dtype"]], info["shape"], info["data_offsets"]
+        except (KeyError, TypeError, ValueError):
+            raise corrupt(f"tensor {name} has an unreadable entry {info}") from None
+        nbytes = math.prod(shape) * dtype.itemsize
+        if end - begin != nbytes or 8 + n + end > size:
+            raise corrupt(f"tensor {name} needs bytes {begin}..{end} of a data section of {size - 8 - n}")
+        if nbytes == 0:
+            tensors[name] = torch.empty(shape, dtype=dtype)
+            continue
+        raw = np.memmap(path, dtype=np.uint8, mode="c", offset=8 + n + begin, shape=(nbytes,))
+        tensors[name] = torch.from_numpy(raw).view(dtype).view(shape)
+    return tensors
 
 
 # -----------------------------------------------------------------------------
@@ -325,25 +367,44 @@ def load_config(folder: Path):
 
 
 def load_pretrained(source: str | Path = "BAAI/AltCLIP", *, dtype: torch.dtype = torch.float32,
-                    device: str | torch.device = "cpu", kernels: bool | None = None) -> AltCLIP:
+                    device: str | torch.device = "cpu", kernels: bool | None = None, onednn: bool = False) -> AltCLIP:
     """Build AltCLIP from a checkpoint folder or hub repo id, in eval mode, with weights in `dtype` on `device`.
 
     kernels: None picks the Triton kernels when the model is on a CUDA device and Triton is installed, torch
     otherwise; True insists on them (RuntimeError saying why when they cannot run; Triton's CPU interpreter,
     TRITON_INTERPRET=1, counts as able to run); False never uses them. `model.kernels` tells which path is on.
+    onednn: on CPU, pack the blocks' linear layers for oneDNN with the MLP activations fused (kernels/onednn.py):
+    about 1.3x the throughput, for a few seconds more at load. RuntimeError saying why when it cannot be done here.
     """
     use_kernels = _want_kernels(kernels, torch.device(device))
+    if onednn:
+        _check_onednn(dtype, torch.device(device))
     folder, weights = resolve(source)
     config = load_config(folder)
     with torch.device("meta"):  # shapes only: no memory and no random initialisation
         model = AltCLIP(config)
-    # Memory-mapped (pages are read on first use); q/k/v come from a second mapping, released after fusing.
-    # A pickle in the pre-zip format cannot be mapped, so it is read once, into memory.
-    mappable = weights.suffix != ".bin" or zipfile.is_zipfile(weights)
-    state = convert(read_tensors(weights), model, dtype, device,
-                    fuse_from=read_tensors(weights) if mappable else None)
+    # Memory-mapped: pages are read on first use. Safetensors map each tensor on its own, so tensors copied on the
+    # way in (fused q/k/v, casts) leave memory afterwards; a zip pickle is one mapping, so its q/k/v are fused from
+    # a second mapping that is dropped afterwards. (A pre-zip pickle cannot be mapped and is read once.)
+    pickle = weights.name.endswith((".bin", ".bin.index.json"))
+    second = pickle and (weights.suffix == ".json" or zipfile.is_zipfile(weights))
+    state = convert(read_tensors(weights), model, dtype, device, fuse_from=read_tensors(weights) if second else None)
     model.load_state_dict(state, strict=True, assign=True)
+    del state  # the model holds the only references now, so packing can drop each original as it goes
+    if onednn:
+        from kernels import onednn as onednn_kernels
+        onednn_kernels.pack(model)
     return model.use_kernels(use_kernels).eval()
+
+
+def _check_onednn(dtype: torch.dtype, device: torch.device):
+    from kernels import onednn as onednn_kernels
+
+    ok, why = onednn_kernels.available(dtype)
+    if device.type != "cpu":
+        ok, why = False, f"oneDNN packing is for CPU models, not {device}"
+    if not ok:
+        raise RuntimeError(f"onednn=True, but {why}")
 
 
 def _want_kernels(kernels: bool | None, device: torch.device) -> bool:

@@ -20,6 +20,7 @@ from PIL import Image
 import altclip
 from altclip import CLIP_MEAN, CLIP_STD, main
 from checkpoints import save_checkpoint, tiny_reference
+from kernels import onednn
 from spm_fixture import train_sentencepiece
 from tokenizer import Tokenizer
 
@@ -334,9 +335,9 @@ def test_progress_bar_only_on_a_terminal(capsys, model_dir, folder, monkeypatch)
 @pytest.mark.skipif(torch.cuda.is_available(), reason="on CPU the Triton kernels run in the interpreter")
 def test_kernels_on_equals_off_and_verbose_says_which_ran(capsys, model_dir):
     code, out_on, err_on = run(capsys, CAT, *LABELS, "--model", model_dir, "--kernels", "on", "-v", "--json")
-    assert code == 0 and "attention and LayerNorm: Triton kernels" in err_on
+    assert code == 0 and "compute path: Triton kernels" in err_on
     code, out_off, err_off = run(capsys, CAT, *LABELS, "--model", model_dir, "--kernels", "off", "-v", "--json")
-    assert code == 0 and "attention and LayerNorm: torch" in err_off
+    assert code == 0 and "compute path: torch" in err_off
     assert "1 image(s) scored against 5 label(s)" in err_off
     on, off = json.loads(out_on)[0]["scores"], json.loads(out_off)[0]["scores"]
     assert on.keys() == off.keys()
@@ -356,3 +357,23 @@ def test_kernels_on_without_gpu_or_interpreter_is_one_line(model_dir):
                            "--kernels", "on"], cwd=ROOT, env=env, capture_output=True, text=True)
     line = one_error_line(proc.returncode, proc.stdout, proc.stderr)
     assert "--kernels on" in line and "TRITON_INTERPRET=1" in line
+
+
+@pytest.mark.skipif(not onednn.available()[0], reason="no oneDNN packing here")
+def test_onednn_on_equals_off(capsys, model_dir):
+    code, out_on, err_on = run(capsys, CAT, *LABELS, "--model", model_dir, "--onednn", "on", "-v", "--json")
+    assert code == 0 and "compute path: torch + oneDNN packed linears" in err_on
+    code, out_off, err_off = run(capsys, CAT, *LABELS, "--model", model_dir, "--onednn", "off", "-v", "--json")
+    assert code == 0 and "oneDNN" not in err_off
+    on, off = json.loads(out_on)[0]["scores"], json.loads(out_off)[0]["scores"]
+    assert all(abs(on[label] - off[label]) < ATOL for label in LABELS)
+
+
+@pytest.mark.skipif(not onednn.available()[0], reason="no oneDNN packing here")
+def test_onednn_auto_packs_for_a_large_folder_only(capsys, model_dir, tmp_path):
+    for k in range(altclip.ONEDNN_MIN_IMAGES):
+        shutil.copy(CAT, tmp_path / f"cat{k:02d}.jpg")
+    code, out, err = run(capsys, tmp_path, "a cat", "a dog", "--model", model_dir, "-v", "--batch-size", "16")
+    assert code == 0 and "oneDNN packed linears" in err and out.count("cat") >= altclip.ONEDNN_MIN_IMAGES
+    code, _, err = run(capsys, CAT, "a cat", "a dog", "--model", model_dir, "-v")
+    assert code == 0 and "oneDNN" not in err

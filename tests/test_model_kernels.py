@@ -30,7 +30,7 @@ def test_kernels_on_equals_kernels_off(folder):
     fast = load_pretrained(folder, device=DEVICE, kernels=True)
     slow = load_pretrained(folder, device=DEVICE, kernels=False)
     assert fast.kernels and not slow.kernels
-    assert "path=triton kernels" in repr(fast) and "path=torch" in repr(slow)
+    assert "path=Triton kernels" in repr(fast) and "path=torch" in repr(slow)
     ids, mask = ragged_batch([20, 2, 9])  # includes a text of just <s></s>
     args = dict(input_ids=ids.to(DEVICE), attention_mask=mask.to(DEVICE), pixel_values=images(3).to(DEVICE))
     with torch.no_grad():
