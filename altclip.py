@@ -121,6 +121,12 @@ def config_from_dict(d: dict) -> AltCLIPConfig:
 # Layers shared by both towers.
 
 
+def random_init(*shape, std):
+    """Random weights with standard deviation `std`, drawn uniformly from ±√3·std. (Not normal_: on the meta device,
+    where load_weights builds the model, normal_ first imports PyTorch's decompositions, ~2 s.)"""
+    return torch.empty(*shape).uniform_(-std * 3**0.5, std * 3**0.5)
+
+
 def quick_gelu(x):
     # CLIP's cheap GELU approximation: x·σ(1.702x)
     return x * torch.sigmoid(1.702 * x)
@@ -247,8 +253,8 @@ class VisionEmbeddings(nn.Module):
         self.grid = cfg.image_size // cfg.patch_size  # 16 patches per side at 224 px
         # A conv whose kernel equals its stride is a linear map applied to each non-overlapping patch.
         self.patch_embedding = nn.Conv2d(cfg.num_channels, cfg.hidden_size, cfg.patch_size, cfg.patch_size, bias=False)
-        self.class_embedding = nn.Parameter(torch.randn(cfg.hidden_size) * cfg.hidden_size**-0.5)
-        self.position_embedding = nn.Parameter(torch.randn(self.grid * self.grid + 1, cfg.hidden_size) * 0.02)
+        self.class_embedding = nn.Parameter(random_init(cfg.hidden_size, std=cfg.hidden_size**-0.5))
+        self.position_embedding = nn.Parameter(random_init(self.grid * self.grid + 1, cfg.hidden_size, std=0.02))
 
     def positions(self, h: int, w: int):
         """Position table for an h×w patch grid: the trained 16×16 grid, resized bicubically when it differs."""
@@ -315,9 +321,12 @@ class TextEmbeddings(nn.Module):
     def __init__(self, cfg: TextConfig):
         super().__init__()
         self.pad_id = cfg.pad_token_id
-        self.word_embeddings = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
-        self.position_embeddings = nn.Embedding(cfg.max_position_embeddings, cfg.hidden_size)
-        self.token_type_embeddings = nn.Embedding(cfg.type_vocab_size, cfg.hidden_size)
+        C = cfg.hidden_size
+        self.word_embeddings = nn.Embedding(cfg.vocab_size, C, _weight=random_init(cfg.vocab_size, C, std=0.02))
+        self.position_embeddings = nn.Embedding(cfg.max_position_embeddings, C,
+                                                _weight=random_init(cfg.max_position_embeddings, C, std=0.02))
+        self.token_type_embeddings = nn.Embedding(cfg.type_vocab_size, C,
+                                                  _weight=random_init(cfg.type_vocab_size, C, std=0.02))
         self.ln = LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
 
     def forward(self, input_ids, token_type_ids=None, position_ids=None):
