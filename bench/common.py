@@ -17,7 +17,9 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -234,3 +236,31 @@ def image_tower_flops(batch: int = 4, **geometry) -> int:
 def gemm_shape(batch: int = 4, tokens: int = 257, width: int = 1024, mlp: int = 4096):
     """The image tower's fc1: (B·N, C) @ (C, 4C)."""
     return batch * tokens, width, mlp
+
+
+# -----------------------------------------------------------------------------
+# Whole processes, measured.
+
+
+# Runs the job as its child and reports the child's wall time and peak RSS. The wrapper is needed because a child
+# forked straight from this process inherits its peak RSS (several GB once models were loaded): Linux carries the
+# high-water mark of the forked address space across exec into the child's ru_maxrss. The wrapper is small.
+WRAPPER = """
+import json, os, subprocess, sys, time
+t0 = time.perf_counter()
+proc = subprocess.Popen(sys.argv[2:])
+_, status, usage = os.wait4(proc.pid, 0)
+json.dump({"wall_s": time.perf_counter() - t0, "rss_mib": usage.ru_maxrss / 1024,
+           "rc": os.waitstatus_to_exitcode(status)}, open(sys.argv[1], "w"))
+"""
+
+
+def run_measured(cmd: list[str], env: dict | None = None) -> dict:
+    """Run one process: wall seconds, its own peak RSS (MiB), exit code, stdout and stderr."""
+    with tempfile.TemporaryDirectory() as tmp:
+        report = Path(tmp) / "report.json"
+        proc = subprocess.run([sys.executable, "-c", WRAPPER, str(report), *cmd], cwd=ROOT, env=env,
+                              capture_output=True, text=True)
+        if not report.exists():
+            raise RuntimeError(f"the measuring wrapper failed: {proc.stderr[-2000:]}")
+        return {**json.loads(report.read_text()), "stdout": proc.stdout, "stderr": proc.stderr}

@@ -29,7 +29,6 @@ import platform
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -38,7 +37,7 @@ import torch.nn.functional as F
 
 import common
 from kernels import onednn
-from common import IMPLS, OUT, ROOT, THROUGHPUT_IMPLS
+from common import IMPLS, OUT, ROOT, THROUGHPUT_IMPLS, run_measured
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 TEXTS = ["a cat", "a dog"]
@@ -148,30 +147,6 @@ def throughput(folder: Path, repeats: int, warmup: int) -> dict:
 
 def has_cli() -> bool:
     return "def main" in (ROOT / "altclip.py").read_text()
-
-
-# Runs the job as its child and reports the child's wall time and peak RSS. The wrapper is needed because a child
-# forked straight from this process inherits its peak RSS (several GB once models were loaded): Linux carries the
-# high-water mark of the forked address space across exec into the child's ru_maxrss. The wrapper is small.
-WRAPPER = """
-import json, os, subprocess, sys, time
-t0 = time.perf_counter()
-proc = subprocess.Popen(sys.argv[2:])
-_, status, usage = os.wait4(proc.pid, 0)
-json.dump({"wall_s": time.perf_counter() - t0, "rss_mib": usage.ru_maxrss / 1024,
-           "rc": os.waitstatus_to_exitcode(status)}, open(sys.argv[1], "w"))
-"""
-
-
-def run_measured(cmd: list[str], env: dict) -> dict:
-    """Run one process: wall seconds, its own peak RSS (MiB), exit code, stdout and stderr."""
-    with tempfile.TemporaryDirectory() as tmp:
-        report = Path(tmp) / "report.json"
-        proc = subprocess.run([sys.executable, "-c", WRAPPER, str(report), *cmd], cwd=ROOT, env=env,
-                              capture_output=True, text=True)
-        if not report.exists():
-            raise RuntimeError(f"the measuring wrapper failed: {proc.stderr[-2000:]}")
-        return {**json.loads(report.read_text()), "stdout": proc.stdout, "stderr": proc.stderr}
 
 
 def main_job(folder: Path, repeats: int, warmup: bool, dtype: str, env: dict) -> dict:
