@@ -5,8 +5,9 @@
 Each load runs in a fresh process (import + load + one parameter touched), so the figures include start-up; peak
 RSS is that process's own (ru_maxrss read by a small wrapper, see common.run_measured). Rows: our load_pretrained
 from model.safetensors (memory-mapped), from pytorch_model.bin (the format BAAI/AltCLIP ships on the hub, read
-with weights_only=True and mmap=True), and the reference's AltCLIPModel.from_pretrained from the same safetensors file. Repeats alternate; medians are shown.
-Page cache is warm after the first read of each file, as it is for a user's second run.
+with weights_only=True and mmap=True), and the reference's AltCLIPModel.from_pretrained from the same safetensors
+file. Repeats alternate; medians are shown. The page cache is warm after the first (unmeasured) read of each file,
+as it is for a user's second run.
 """
 from __future__ import annotations
 
