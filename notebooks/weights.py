@@ -30,6 +30,7 @@ if str(ROOT) not in sys.path:
 
 with warnings.catch_warnings():  # huggingface_hub's tqdm.auto warns in Jupyter that ipywidgets is missing: harmless
     warnings.filterwarnings("ignore", message="IProgress not found")
+    from huggingface_hub import hf_hub_download, snapshot_download  # noqa: E402,F401 (lazy package: load it here)
     from altclip import AltCLIP, AltCLIPConfig, TextConfig, VisionConfig  # noqa: E402
     from tokenizer import Tokenizer  # noqa: E402
 
