@@ -43,7 +43,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[1])
     p.add_argument("--tower", choices=["image", "text"], default="image")
     p.add_argument("--dtype", choices=["float32", "bfloat16"], default="bfloat16")
-    p.add_argument("--impl", choices=list(common.IMPLS), default="ours")
+    p.add_argument("--impl", choices=list(common.THROUGHPUT_IMPLS), default="ours")
     p.add_argument("--model", type=Path, default=common.DEFAULT_MODEL)
     p.add_argument("--steps", type=int, default=1, help="profiled forwards (default 1)")
     p.add_argument("--rows", type=int, default=20, help="operators to list (default 20)")
