@@ -231,10 +231,11 @@ class TowerOutput:
 
 
 def _run_blocks(blocks, x, mask, output_hidden_states, output_attentions, packing=None):
-    hidden_states, attentions = [x], []
+    hidden_states, attentions = [x], []  # kept only when asked for: 25 activations of the batch otherwise held
     for block in blocks:
         x, att = block(x, mask, output_attentions, packing)
-        hidden_states.append(x)
+        if output_hidden_states:
+            hidden_states.append(x)
         attentions.append(att)
     return (x, tuple(hidden_states) if output_hidden_states else None,
             tuple(attentions) if output_attentions else None)
