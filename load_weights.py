@@ -117,12 +117,17 @@ def resolve(source: str | Path, optional: list[str] = ()) -> tuple[Path, Path]:
 
 
 def _download(repo_id: str, optional) -> tuple[Path, Path]:
-    # The cache first, without touching the network: a model used once works offline, and starts fast.
-    found = _fetch_all(repo_id, optional, local_only=True)
+    return cache_first(repo_id, lambda local_only: _fetch_all(repo_id, optional, local_only))
+
+
+def cache_first(repo_id: str, fetch):
+    """fetch(local_only=True) from the cache, without touching the network (a model used once works offline and
+    starts fast); if that finds nothing, one quick probe of the hub, then fetch(local_only=False)."""
+    found = fetch(True)
     if found is None:
         if not hub_reachable():
             raise OSError(offline_message(repo_id))
-        found = _fetch_all(repo_id, optional, local_only=False)
+        found = fetch(False)
     return found
 
 
@@ -305,7 +310,8 @@ def convert(tensors: dict[str, torch.Tensor], model: AltCLIP, dtype: torch.dtype
             continue
         for regex, target in _RULES:
             if m := regex.match(canonical):
-                ours[target.format(**m.groupdict())], sources[target.format(**m.groupdict())] = t, name
+                ours_name = target.format(**m.groupdict())
+                ours[ours_name], sources[ours_name] = t, name
                 break
         else:
             for regex, target, k in _FUSED_PARTS:

@@ -226,13 +226,9 @@ def varint(buf, i):
 
 def download(repo_id, filename):
     """A file of a hub repo, through huggingface_hub's cache (looked at first), with load_weights' clear errors."""
-    from load_weights import hub_file, hub_reachable, offline_message  # one resolver for weights and tokenizer
+    from load_weights import cache_first, hub_file  # one resolver for weights and tokenizer
 
-    path = hub_file(repo_id, filename, local_only=True)
-    if path is None:
-        if not hub_reachable():
-            raise OSError(offline_message(repo_id))
-        path = hub_file(repo_id, filename)
+    path = cache_first(repo_id, lambda local_only: hub_file(repo_id, filename, local_only))
     if path is None:
         raise FileNotFoundError(f"{repo_id} has no {filename} on the Hugging Face Hub")
     return path
