@@ -27,6 +27,7 @@ import math
 import os
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field, fields
 
 import numpy as np
@@ -568,7 +569,7 @@ def preprocess(images, size: int = 224) -> torch.Tensor:
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".tif", ".tiff", ".webp")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 KERNELS = {"auto": None, "on": True, "off": False}
-ONEDNN_MIN_IMAGES = 16  # packing costs ~1-3 s at load and saves ~0.15-0.3 s per image (2-core CPU)
+ONEDNN_MIN_IMAGES = 16  # packing costs ~1-3 s at load and saves ~0.15-0.3 s per image (2-core AVX-512 CPU)
 
 DESCRIPTION = """\
 Zero-shot image classification with AltCLIP: rank the LABELs, in any of ~100
@@ -624,8 +625,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="Triton attention/LayerNorm kernels: auto uses them on a CUDA device with Triton installed, "
                         "on insists (an error says why they cannot run), off never (default: %(default)s)")
     p.add_argument("--onednn", choices=("auto", "on", "off"), default="auto",
-                   help="pack the linear layers for oneDNN on CPU (float32/bfloat16): ~1.3x faster per image, a few "
-                        f"seconds more to load; auto packs for {ONEDNN_MIN_IMAGES} or more images (default: %(default)s)")
+                   help="pack the linear layers for oneDNN on CPU (float32/bfloat16): ~1.3x faster per image on "
+                        "AVX-512 CPUs, slower on AVX2-only ones, a few seconds more to load; auto packs for "
+                        f"{ONEDNN_MIN_IMAGES} or more images where packing was measured faster for this CPU class and "
+                        "dtype (-v says which path ran and why) (default: %(default)s)")
     p.add_argument("-v", "--verbose", action="store_true",
                    help="say on stderr which model, dtype, device and compute path ran, and how long it took")
     args = p.parse_intermixed_args(argv)  # labels may come before or after the options
@@ -658,6 +661,18 @@ def find_images(path: str) -> list[str]:
     return [os.path.join(path, n) for n in names if os.path.isfile(os.path.join(path, n))]
 
 
+def choose_onednn(mode: str, n_images: int, device: str, dtype: torch.dtype) -> tuple[bool, str]:
+    """--onednn auto|on|off → (pack the linears?, why, for -v). auto packs only for a folder of ONEDNN_MIN_IMAGES or
+    more on a CPU class where packing was measured faster for this dtype (kernels/onednn.faster_here); "on" lets
+    load_pretrained raise if it cannot be done here."""
+    if mode != "auto":
+        return mode == "on", ""
+    if torch.device(device).type != "cpu" or n_images < ONEDNN_MIN_IMAGES:
+        return False, ""
+    from kernels import onednn
+    return onednn.faster_here(dtype)
+
+
 def format_scores(image: str, scores: dict[str, float]) -> str:
     """An image's ranking, readable at a glance: percentage, a bar of up to ten blocks, label."""
     lines = [f"  {100 * p:5.1f}%  {'█' * round(10 * p):<10}  {label}" for label, p in scores.items()]
@@ -685,19 +700,26 @@ def main(argv=None) -> int:
     from load_weights import CheckpointError, load_pretrained
     from tokenizer import Tokenizer
     t0 = time.perf_counter()
-    onednn = args.onednn == "on" or (args.onednn == "auto" and len(paths) >= ONEDNN_MIN_IMAGES
-                                     and torch.device(args.device).type == "cpu" and args.dtype != "float16")
+    onednn, why_onednn = choose_onednn(args.onednn, len(paths), args.device, DTYPES[args.dtype])
     try:
-        model = load_pretrained(args.model, dtype=DTYPES[args.dtype], device=args.device,
-                                kernels=KERNELS[args.kernels], onednn=onednn)
+        with warnings.catch_warnings(record=True) as caught:  # shown below as one line each, not as tracebacks
+            warnings.simplefilter("always")
+            model = load_pretrained(args.model, dtype=DTYPES[args.dtype], device=args.device,
+                                    kernels=KERNELS[args.kernels], onednn=onednn)
         tokenizer = Tokenizer.from_pretrained(args.model)
     except (OSError, CheckpointError) as e:
         return error(f"model '{args.model}': {e}")
     except RuntimeError as e:  # --kernels on or --onednn on where they cannot run: name the flag, not the argument
         return error(str(e).replace("kernels=True", "--kernels on").replace("onednn=True", "--onednn on"))
+    for w in caught:
+        print(f"altclip.py: warning: {w.message}", file=sys.stderr)
     if args.verbose:
-        print(f"altclip.py: {args.model} loaded in {time.perf_counter() - t0:.1f} s: {args.dtype} on "
-              f"{args.device}, compute path: {model.path}", file=sys.stderr)
+        where = args.device
+        if torch.device(args.device).type == "cpu":
+            from kernels import cpu
+            where = f"cpu ({cpu.describe()})"
+        print(f"altclip.py: {args.model} loaded in {time.perf_counter() - t0:.1f} s: {args.dtype} on {where}, "
+              f"compute path: {model.path}" + (f" ({why_onednn})" if why_onednn else ""), file=sys.stderr)
 
     # The labels are embedded once, as one batch; each image is then scored against all of them.
     with torch.inference_mode():

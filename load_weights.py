@@ -21,6 +21,7 @@ import math
 import re
 import shutil
 import sys
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -380,9 +381,16 @@ def load_pretrained(source: str | Path = "BAAI/AltCLIP", *, dtype: torch.dtype =
     otherwise; True insists on them (RuntimeError saying why when they cannot run; Triton's CPU interpreter,
     TRITON_INTERPRET=1, counts as able to run); False never uses them. `model.kernels` tells which path is on.
     onednn: on CPU, pack the blocks' linear layers for oneDNN with the MLP activations fused (kernels/onednn.py):
-    about 1.3x the throughput, for a few seconds more at load. RuntimeError saying why when it cannot be done here.
+    about 1.3x the throughput on AVX-512 CPUs, for a few seconds more at load, but slower on AVX2-only ones
+    (`kernels.onednn.faster_here()` says which). RuntimeError saying why when it cannot be done here.
+    A bfloat16/float16 model on a CPU without native instructions for it works, emulated and ~5x slower than
+    float32: a kernels.cpu.EmulatedDtypeWarning says so.
     """
     use_kernels = _want_kernels(kernels, torch.device(device))
+    if torch.device(device).type == "cpu" and dtype in (torch.bfloat16, torch.float16):
+        from kernels import cpu
+        if (message := cpu.emulation_warning(dtype)) is not None:
+            warnings.warn(message, cpu.EmulatedDtypeWarning, stacklevel=2)
     if onednn:
         _check_onednn(dtype, torch.device(device))
     folder, weights = resolve(source)

@@ -15,7 +15,9 @@ Steps, all in one process except the main-job runs:
    reported as a fraction of it;
 3. the main job as a whole process, `python altclip.py IMAGE "a cat" "a dog" --model DIR` against
    bench/reference_job.py, alternating, after one unmeasured run of each (warm file cache): wall time and peak RSS;
-4. one markdown table with the machine, torch and thread settings, printed and written to bench/out/cpu.md
+4. the folder job: `python altclip.py FOLDER ...` on 17 images, float32 with the defaults (--onednn auto, which
+   packs or not by CPU class) against --onednn off, alternating; then bfloat16 once (answered? warnings?);
+5. one markdown table with the machine, torch and thread settings, printed and written to bench/out/cpu.md
    (the raw numbers, with every repeat, go to bench/out/cpu.json).
 """
 from __future__ import annotations
@@ -106,6 +108,10 @@ def throughput(folder: Path, repeats: int, warmup: int) -> dict:
         log(f"[{dname}] loading every implementation ...")
         models = {}
         for impl in THROUGHPUT_IMPLS:
+            if impl == "ours+onednn" and not onednn.available(dtype)[0]:
+                res.setdefault("unavailable", {})[f"{dname} {impl}"] = onednn.available(dtype)[1]
+                log(f"  {impl}: not on this CPU class ({onednn.available(dtype)[1]})")
+                continue
             t0 = time.perf_counter()
             models[impl] = common.load(impl, folder, dtype)
             log(f"  {impl}: {time.perf_counter() - t0:.1f} s")
@@ -117,15 +123,14 @@ def throughput(folder: Path, repeats: int, warmup: int) -> dict:
                 embeddings[dname, impl] = (common.image_features(impl, model, pixels),
                                            common.text_features(impl, model, ids, mask))
             log(f"[{dname}] images/s and the GEMM peak, {repeats} interleaved repeats ...")
-            fns = {impl: (lambda i=impl: common.image_features(i, models[i], pixels))
-                   for impl in THROUGHPUT_IMPLS}
+            fns = {impl: (lambda i=impl: common.image_features(i, models[i], pixels)) for impl in models}
             r["image_s"] = interleaved({**fns, **gemms}, repeats, warmup - 1)
             for name in gemms:
                 r[name + "_gflops"] = [gemm_flops / t / 1e9 for t in r["image_s"].pop(name)]
             r["gemm_gflops"] = max((r[name + "_gflops"] for name in gemms), key=statistics.median)
             log(f"[{dname}] texts/s, {repeats} interleaved repeats ...")
             r["text_s"] = interleaved({impl: (lambda i=impl: common.text_features(i, models[i], ids, mask))
-                                       for impl in THROUGHPUT_IMPLS}, repeats, warmup - 1)
+                                       for impl in models}, repeats, warmup - 1)
         del models
         gc.collect()
         for what in ("image_s", "text_s"):
@@ -140,8 +145,9 @@ def throughput(folder: Path, repeats: int, warmup: int) -> dict:
         res[f"{kind}_max_abs_diff_fp32_raw"] = (embeddings["float32", "ours"][k]
                                                 - embeddings["float32", "reference"][k]).abs().max().item()
         for impl in THROUGHPUT_IMPLS:
-            res[f"{kind}_bf16_cosine_{impl}"] = min_cosine(embeddings["bfloat16", impl][k],
-                                                           embeddings["float32", impl][k])
+            if ("bfloat16", impl) in embeddings:
+                res[f"{kind}_bf16_cosine_{impl}"] = min_cosine(embeddings["bfloat16", impl][k],
+                                                               embeddings["float32", impl][k])
     return res
 
 
@@ -173,6 +179,36 @@ def main_job(folder: Path, repeats: int, warmup: bool, dtype: str, env: dict) ->
     return res
 
 
+def folder_job(folder: Path, repeats: int, n_images: int, dtypes: list[str], env: dict) -> dict:
+    """`python altclip.py FOLDER ...` on a folder of n_images copies of the example photo: float32 with the defaults
+    (--onednn auto) against --onednn off, alternating, and each other dtype once with the defaults: wall time, images
+    answered, warning lines on stderr. This is the job whose automatic CPU path must never lose (issue 9)."""
+    import shutil
+    import tempfile
+
+    photos = Path(tempfile.mkdtemp(prefix="altclip-folder-"))
+    for k in range(n_images):
+        shutil.copy(common.example_image(), photos / f"photo{k:02d}.jpg")
+    base = ["altclip.py", str(photos), *TEXTS, "--model", rel(folder), "--json", "-v"]
+    runs = {("float32", "auto"): [], ("float32", "off"): []}
+    plan = [("float32", "auto"), ("float32", "off")] * repeats + [(d, "auto") for d in dtypes if d != "float32"]
+    log(f"[folder job] {n_images} images: {len(plan)} runs ...")
+    res = {"images": n_images, "command": "python " + " ".join(base[:1] + ["FOLDER"] + base[2:]), "runs": []}
+    try:
+        for dtype, mode in plan:
+            cmd = [*base, "--dtype", dtype, "--onednn", mode]
+            r = run_measured([sys.executable, *cmd], env)
+            answered = len(json.loads(r["stdout"])) if r["rc"] == 0 else 0
+            lines = r["stderr"].strip().splitlines()
+            res["runs"].append({"dtype": dtype, "onednn": mode, "rc": r["rc"], "wall_s": r["wall_s"],
+                                "answered": answered, "warnings": [x for x in lines if ": warning: " in x],
+                                "path": next((x for x in lines if "compute path" in x), "")})
+            log(f"  {dtype} --onednn {mode}: {r['wall_s']:.1f} s, exit {r['rc']}, {answered}/{n_images} answered")
+    finally:
+        shutil.rmtree(photos)
+    return res
+
+
 def rel(path: Path) -> str:
     path = Path(path).resolve()
     return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
@@ -193,7 +229,9 @@ def machine() -> dict:
     except OSError:
         commit = "?"
     import transformers
+    from kernels import cpu as cpu_class
     return {"cpu": cpu, "cores": os.cpu_count(), "isa": isa, "torch": torch.__version__,
+            "cpu_class": cpu_class.describe(),
             "cpu_capability": torch.backends.cpu.get_cpu_capability(), "transformers": transformers.__version__,
             "threads": torch.get_num_threads(), "python": platform.python_version(), "commit": commit,
             "date": datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
@@ -222,10 +260,12 @@ def table(info: dict, res: dict, args) -> str:
             rows.append((f"GEMM peak, {dname}: GFLOP/s at 1028×1024 @ 1024×4096 (best of torch.mm, oneDNN packed)",
                          "", f"{peak:.0f}",
                          "", "", ""))
-            img = {i: tp["image_batch"] / med(d["image_s"][i]) for i in THROUGHPUT_IMPLS}
-            txt = {i: tp["text_batch"] / med(d["text_s"][i]) for i in THROUGHPUT_IMPLS}
-            gf = {i: flops / med(d["image_s"][i]) / 1e9 for i in THROUGHPUT_IMPLS}
+            img = {i: tp["image_batch"] / med(t) for i, t in d["image_s"].items()}
+            txt = {i: tp["text_batch"] / med(t) for i, t in d["text_s"].items()}
+            gf = {i: flops / med(t) / 1e9 for i, t in d["image_s"].items()}
             for impl, label in (("ours", ""), ("ours+onednn", ", ours with oneDNN-packed linears")):
+                if impl not in img:  # cannot run on this CPU class: said in its own row below
+                    continue
                 row(f"images/s, {dname} (batch {tp['image_batch']}){label}", img["reference"], img[impl], ".2f",
                     f"≥ {speed_goal}×", img[impl] / img["reference"] >= speed_goal)
                 row(f"texts/s, {dname} (batch {tp['text_batch']}, 5-40 tokens){label}", txt["reference"], txt[impl],
@@ -239,9 +279,26 @@ def table(info: dict, res: dict, args) -> str:
                     ".1e", "≤ 1e-4", diff <= 1e-4, ratio=False)
         for kind in ("image", "text"):
             for impl, label in (("ours", ""), ("ours+onednn", ", oneDNN-packed")):
+                if f"{kind}_bf16_cosine_{impl}" not in tp:
+                    continue
                 cos = tp[f"{kind}_bf16_cosine_{impl}"]
                 row(f"{kind} embeddings{label}: bfloat16 cosine to own float32 (min over batch)",
                     tp[f"{kind}_bf16_cosine_reference"], cos, ".5f", "≥ 0.999", cos >= 0.999, ratio=False)
+    if tp:
+        for what, why in tp.get("unavailable", {}).items():
+            rows.append((f"{what}: not on this CPU class ({why})", "", "", "", "", ""))
+    fj = res.get("folder_job")
+    if fj:
+        wall = {m: med([r["wall_s"] for r in fj["runs"] if r["dtype"] == "float32" and r["onednn"] == m])
+                for m in ("auto", "off")}
+        row(f"folder job, {fj['images']} images, float32: wall s, default (--onednn auto) vs --onednn off",
+            wall["off"], wall["auto"], ".1f", "≤ 1.05×", wall["auto"] / wall["off"] <= 1.05)
+        for r in fj["runs"]:
+            if r["dtype"] != "float32":
+                ok = r["rc"] == 0 and r["answered"] == fj["images"]
+                row(f"folder job, {fj['images']} images, {r['dtype']}: images answered, {len(r['warnings'])} warning "
+                    f"line(s), {r['wall_s']:.0f} s", None, r["answered"], "d", f"{fj['images']}, ≤ 1 warning",
+                    ok and len(r["warnings"]) <= 1, ratio=False)
     job = res.get("main_job")
     if isinstance(job, dict):
         wall = {i: med([r["wall_s"] for r in job["runs"][i]]) for i in IMPLS}
@@ -257,6 +314,7 @@ def table(info: dict, res: dict, args) -> str:
              f"- machine: {info['cpu']}, {info['cores']} cores ({', '.join(info['isa'])}); torch {info['torch']} "
              f"({info['cpu_capability']}), {info['threads']} threads; transformers {info['transformers']} "
              f"(the reference, SDPA attention); Python {info['python']}",
+             f"- CPU class: {info['cpu_class']} (kernels/cpu.py; it decides what --onednn auto packs)",
              f"- date: {info['date']}; checkout {info['commit']}; load average at start "
              f"{' '.join(info['loadavg_start'])}, at end {' '.join(info['loadavg_end'])}",
              f"- weights: random full-size AltCLIP ({rel(args.model)}, seed {common.SEED}), the same file for both"]
@@ -265,6 +323,12 @@ def table(info: dict, res: dict, args) -> str:
                      f"GEMM timed in the same rounds as the image tower; image tower FLOPs counted analytically "
                      f"({common.image_tower_flops(tp['image_batch']) / 1e9:.0f} GFLOP per batch of "
                      f"{tp['image_batch']}); text lengths {tp['text_lengths']}")
+    if fj:
+        auto = next((r["path"] for r in fj["runs"] if r["onednn"] == "auto" and r["dtype"] == "float32"), "")
+        lines.append(f"- folder job: `{fj['command']} --dtype D --onednn auto|off`, float32 auto and off alternating "
+                     f"(median of {sum(r['onednn'] == 'off' for r in fj['runs'])}); -v said: "
+                     f"`{auto.removeprefix('altclip.py: ')}`")
+        lines += [f"- folder job warning: `{w}`" for r in fj["runs"] for w in r["warnings"]][:2]
     if isinstance(job, dict):
         lines.append(f"- main job: `{job['commands']['ours']}` against `{job['commands']['reference']}`, median of "
                      f"{len(job['runs']['ours'])} alternating runs"
@@ -291,6 +355,11 @@ def main(argv=None):
     p.add_argument("--rebuild", action="store_true", help="build the random checkpoint again")
     p.add_argument("--skip-throughput", action="store_true")
     p.add_argument("--skip-job", action="store_true")
+    p.add_argument("--folder-images", type=int, default=17,
+                   help="images in the folder job (default %(default)s: one more than --onednn auto's threshold)")
+    p.add_argument("--folder-dtypes", nargs="*", default=["bfloat16"], choices=list(DTYPES),
+                   help="dtypes run once each in the folder job besides float32 (default: bfloat16)")
+    p.add_argument("--skip-folder-job", action="store_true")
     p.add_argument("--out", type=Path, default=OUT / "cpu.md", help="where the table goes (and .json beside it)")
     args = p.parse_args(argv)
     args.argv = argv
@@ -317,6 +386,8 @@ def main(argv=None):
         log(f"[main job] skipped: {res['main_job']}")
     else:
         res["main_job"] = main_job(folder, args.job_repeats, not args.quick, args.job_dtype, env)
+    if not args.skip_folder_job and has_cli():
+        res["folder_job"] = folder_job(folder, args.job_repeats, args.folder_images, args.folder_dtypes, env)
     info["loadavg_end"] = Path("/proc/loadavg").read_text().split()[:3]
     info["seconds"] = round(time.perf_counter() - t_start)
 

@@ -2,9 +2,11 @@
 
 On CPU, `F.linear` hands PyTorch's (out, in) row-major weight to the BLAS on every call. oneDNN (PyTorch's CPU
 deep-learning library) computes fastest from a blocked weight layout of its own; packing the weight into it once,
-at load time, and fusing the MLP's activation into the matmul's epilogue saves work on every call. Measured on a
-2-core AVX-512 CPU at the image tower's shapes: 1.2-1.6x faster in float32, 1.0-1.2x in bfloat16 (where the
-products are bit-identical to F.linear's; float32 sums in another order, differences ~1e-6).
+at load time, and fusing the MLP's activation into the matmul's epilogue saves work on every call. Whether that
+pays depends on the CPU class (kernels/cpu.py): on a 2-core AVX-512 CPU at the image tower's shapes it is 1.2-1.6x
+faster in float32 and 1.0-1.2x in bfloat16; on an AVX2-only CPU it is *slower* in float32 (0.81x), and bfloat16
+cannot be packed at all (oneDNN needs native bf16 instructions). `faster_here()` says which, from measurements.
+(bfloat16 products are bit-identical to F.linear's; float32 sums in another order, differences ~1e-6.)
 
     y = x Wᵀ + b                   PackedLinear(linear)
     y = gelu(x Wᵀ + b)             PackedLinear(linear, "gelu")        exact erf GELU, the text tower's MLP
@@ -23,6 +25,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from . import cpu
+
 QUICK_GELU_ALPHA = 1.702
 
 
@@ -35,7 +39,25 @@ def available(dtype: torch.dtype = torch.float32) -> tuple[bool, str]:
     ops = torch.ops.mkldnn
     if not (hasattr(ops, "_reorder_linear_weight") and hasattr(ops, "_linear_pointwise")):
         return False, "this PyTorch version lacks torch.ops.mkldnn._reorder_linear_weight/_linear_pointwise"
+    if not cpu.native(dtype):  # oneDNN's packing raises for bf16 without native instructions (it does not emulate)
+        return False, f"oneDNN packs {cpu.dtype_name(dtype)} only with native instructions, and {cpu.missing(dtype)}"
     return True, "oneDNN packed linears"
+
+
+def faster_here(dtype: torch.dtype = torch.float32) -> tuple[bool, str]:
+    """Whether packing was *measured* faster than the plain path on this CPU class for `dtype`, and why (not).
+
+    The automatic choice (`--onednn auto`) follows this: it packs only where a benchmark on this class of CPU showed a
+    gain (cpu.ONEDNN_MEASURED_FASTER); elsewhere the plain path runs, which is never slower than itself.
+    """
+    ok, why = available(dtype)
+    if not ok:
+        return False, why
+    measured = cpu.ONEDNN_MEASURED_FASTER.get((cpu.capability(), dtype))
+    if measured is None:
+        return False, (f"packing {cpu.dtype_name(dtype)} was not measured faster on this CPU class ({cpu.capability()}); "
+                       f"the plain path runs")
+    return True, measured
 
 
 class PackedLinear(nn.Module):
