@@ -14,20 +14,17 @@ References:
 
 The modules below follow the data: configs → shared layers (LayerNorm, attention, MLP) → the image tower
 (patches → pre-LN blocks) → the text tower (RoBERTa embeddings → post-LN blocks) → the two-tower model with its
-projections and contrastive loss. Weights are mapped onto these modules by name in load_weights.py. Then come the
-image preprocessing (CLIP's recipe, as the reference applies it) and the zero-shot command line:
+projections and contrastive loss. Weights are mapped onto these modules by name in load_weights.py. Then comes the
+image preprocessing (CLIP's recipe, as the reference applies it). The command line (zero-shot classification and
+image search) is cli.py, run from here:
 
     python altclip.py examples/cat.jpg "a cat" "a dog" "a cup of coffee"     (python altclip.py --help for more)
 """
 from __future__ import annotations
 
-import argparse
-import json
 import math
 import os
 import sys
-import time
-import warnings
 from dataclasses import dataclass, field, fields
 
 import numpy as np
@@ -35,7 +32,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image, ImageOps
-from tqdm import tqdm
 
 # -----------------------------------------------------------------------------
 # Configuration. Defaults are BAAI/AltCLIP's real values.
@@ -563,206 +559,7 @@ def preprocess(images, size: int = 224) -> torch.Tensor:
     return (x - mean) / std
 
 
-# -----------------------------------------------------------------------------
-# Command line: zero-shot image classification, `python altclip.py IMAGE_OR_FOLDER LABEL [LABEL ...]`.
-
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".tif", ".tiff", ".webp")
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-KERNELS = {"auto": None, "on": True, "off": False}
-ONEDNN_MIN_IMAGES = 16  # packing costs ~1-3 s at load and saves ~0.15-0.3 s per image (2-core AVX-512 CPU)
-
-DESCRIPTION = """\
-Zero-shot image classification with AltCLIP: rank the LABELs, in any of ~100
-languages, by how well they describe each image. The probabilities are the
-softmax over the labels of exp(logit_scale) * cosine(image, text), as in CLIP.
-Photos are turned upright by their EXIF orientation first."""
-
-EPILOG = """\
-output:  per image, its labels from most to least probable. With --json, one
-         array: [{"image": PATH, "scores": {LABEL: PROBABILITY, ...}}, ...],
-         labels as given (without the template), most probable first. Over all
-         labels the probabilities sum to 1; --top-k shows the best K only
-         (still a softmax over all labels), so those sum to at most 1.
-labels:  positional LABELs first, then those of --labels-file; a repeated
-         label counts once, in its first place.
-folder:  every .jpg .jpeg .png .gif .bmp .tif .tiff .webp file in it (any
-         case; subfolders are not searched), in name order, with a progress
-         bar on a terminal. An unreadable file is named on stderr and skipped;
-         all the others are answered.
-exit status: 0 all answered; 1 an image could not be read or the model could
-         not be loaded; 2 bad usage.
-examples:
-  python altclip.py examples/cat.jpg "a cat" "a dog" "a cup of coffee"
-  python altclip.py photos/ cat dog bird --template "a photo of a {}" --top-k 1
-  python altclip.py photos/ --labels-file labels.txt --json > scores.json"""
-
-
-def positive_int(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {text!r}")
-    return int(text)
-
-
-def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="altclip.py", description=DESCRIPTION, epilog=EPILOG,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("image", metavar="IMAGE_OR_FOLDER", help="an image file, or a folder of them")
-    p.add_argument("labels", metavar="LABEL", nargs="*", help="the candidate labels")
-    p.add_argument("--model", default="BAAI/AltCLIP",
-                   help="checkpoint folder, or Hugging Face hub repo id, downloaded once into the hub cache "
-                        "(default: %(default)s)")
-    p.add_argument("--template", help='a prompt to put every label in, at "{}", e.g. "a photo of {}" '
-                                      "(default: the label alone)")
-    p.add_argument("--labels-file", metavar="FILE", help="more labels, one per line; blank lines are ignored")
-    p.add_argument("--top-k", type=positive_int, metavar="K", help="show only the K most probable labels per image "
-                                                                   "(default: all)")
-    p.add_argument("--json", action="store_true", help="print JSON (see below)")
-    p.add_argument("--device", default="cpu", help="where to run: cpu, cuda, cuda:1, mps, … (default: %(default)s)")
-    p.add_argument("--dtype", choices=DTYPES, default="float32", help="weights and activations (default: %(default)s)")
-    p.add_argument("--batch-size", type=positive_int, default=8, metavar="N",
-                   help="images per forward pass (default: %(default)s)")
-    p.add_argument("--kernels", choices=KERNELS, default="auto",
-                   help="Triton attention/LayerNorm kernels: auto uses them on a CUDA device with Triton installed, "
-                        "on insists (an error says why they cannot run), off never (default: %(default)s)")
-    p.add_argument("--onednn", choices=("auto", "on", "off"), default="auto",
-                   help="pack the linear layers for oneDNN on CPU (float32/bfloat16): ~1.3x faster per image on "
-                        "AVX-512 CPUs, slower on AVX2-only ones, a few seconds more to load; auto packs for "
-                        f"{ONEDNN_MIN_IMAGES} or more images where packing was measured faster for this CPU class and "
-                        "dtype (-v says which path ran and why) (default: %(default)s)")
-    p.add_argument("-v", "--verbose", action="store_true",
-                   help="say on stderr which model, dtype, device and compute path ran, and how long it took")
-    args = p.parse_intermixed_args(argv)  # labels may come before or after the options
-
-    if args.template is not None and "{}" not in args.template:
-        p.error(f"--template {args.template!r} has no {{}} to put the label in (e.g. 'a photo of {{}}')")
-    labels = list(args.labels)
-    if args.labels_file:
-        try:
-            with open(args.labels_file, encoding="utf-8-sig") as f:  # -sig: a byte-order mark is not a label
-                text = f.read()
-        except (OSError, UnicodeDecodeError) as e:
-            p.error(f"cannot read --labels-file '{args.labels_file}': {getattr(e, 'strerror', None) or e}")
-        labels += [line.strip() for line in text.splitlines() if line.strip()]
-    args.labels = list(dict.fromkeys(labels))  # duplicates dropped, order kept: a label's probability is not split
-    if not args.labels:
-        p.error("no labels: give them after the image, or one per line in a file with --labels-file")
-    try:
-        torch.empty(0, device=args.device)  # an unknown or unusable device fails now, not after loading the model
-    except (RuntimeError, AssertionError) as e:
-        p.error(f"--device {args.device}: {str(e).splitlines()[0]}")
-    return args
-
-
-def find_images(path: str) -> list[str]:
-    """The image files of a folder in name order, or [path] for anything else (a file, or a path that is missing)."""
-    if not os.path.isdir(path):
-        return [path]
-    names = sorted(n for n in os.listdir(path) if n.lower().endswith(IMAGE_EXTENSIONS))
-    return [os.path.join(path, n) for n in names if os.path.isfile(os.path.join(path, n))]
-
-
-def choose_onednn(mode: str, n_images: int, device: str, dtype: torch.dtype) -> tuple[bool, str]:
-    """--onednn auto|on|off → (pack the linears?, why, for -v). auto packs only for a folder of ONEDNN_MIN_IMAGES or
-    more on a CPU class where packing was measured faster for this dtype (kernels/onednn.faster_here); "on" lets
-    load_pretrained raise if it cannot be done here."""
-    if mode != "auto":
-        return mode == "on", ""
-    if torch.device(device).type != "cpu" or n_images < ONEDNN_MIN_IMAGES:
-        return False, ""
-    from kernels import onednn
-    return onednn.faster_here(dtype)
-
-
-def format_scores(image: str, scores: dict[str, float]) -> str:
-    """An image's ranking, readable at a glance: percentage, a bar of up to ten blocks, label."""
-    lines = [f"  {100 * p:5.1f}%  {'█' * round(10 * p):<10}  {label}" for label, p in scores.items()]
-    return "\n".join([image] + lines)
-
-
-def error(message: str) -> int:
-    print(f"altclip.py: error: {message}", file=sys.stderr)
-    return 1
-
-
-def main(argv=None) -> int:
-    """Run the command line; return the exit status (0 all answered, 1 an error or an unreadable image)."""
-    args = parse_args(argv)
-    paths = find_images(args.image)
-    if not paths:
-        return error(f"folder '{args.image}' holds no image files ({' '.join(IMAGE_EXTENSIONS)})")
-    if not os.path.isdir(args.image):
-        try:  # a single image is checked before the (slow) model load
-            load_image(args.image)
-        except ImageError as e:
-            return error(str(e))
-
-    # Imported here: load_weights imports this file, and neither is needed for --help or a usage error.
-    from load_weights import CheckpointError, load_pretrained
-    from tokenizer import Tokenizer
-    t0 = time.perf_counter()
-    onednn, why_onednn = choose_onednn(args.onednn, len(paths), args.device, DTYPES[args.dtype])
-    try:
-        with warnings.catch_warnings(record=True) as caught:  # shown below as one line each, not as tracebacks
-            warnings.simplefilter("always")
-            model = load_pretrained(args.model, dtype=DTYPES[args.dtype], device=args.device,
-                                    kernels=KERNELS[args.kernels], onednn=onednn)
-        tokenizer = Tokenizer.from_pretrained(args.model)
-    except (OSError, CheckpointError) as e:
-        return error(f"model '{args.model}': {e}")
-    except RuntimeError as e:  # --kernels on or --onednn on where they cannot run: name the flag, not the argument
-        return error(str(e).replace("kernels=True", "--kernels on").replace("onednn=True", "--onednn on"))
-    for w in caught:
-        print(f"altclip.py: warning: {w.message}", file=sys.stderr)
-    if args.verbose:
-        where = args.device
-        if torch.device(args.device).type == "cpu":
-            from kernels import cpu
-            where = f"cpu ({cpu.describe()})"
-        print(f"altclip.py: {args.model} loaded in {time.perf_counter() - t0:.1f} s: {args.dtype} on {where}, "
-              f"compute path: {model.path}" + (f" ({why_onednn})" if why_onednn else ""), file=sys.stderr)
-
-    # The labels are embedded once, as one batch; each image is then scored against all of them.
-    with torch.inference_mode():
-        texts = [args.template.replace("{}", label) if args.template else label for label in args.labels]
-        tokens = tokenizer(texts)
-        text = model.get_text_features(tokens["input_ids"].to(model.device), tokens["attention_mask"].to(model.device))
-        text = F.normalize(text, dim=-1)  # (labels, P)
-        scale = model.logit_scale.float().exp()
-
-    results, failed = [], 0
-    progress = tqdm(total=len(paths), unit="image", file=sys.stderr,
-                    disable=not (os.path.isdir(args.image) and sys.stderr.isatty()))
-    for start in range(0, len(paths), args.batch_size):
-        batch, pixels = [], []
-        for path in paths[start:start + args.batch_size]:
-            try:
-                pixels.append(preprocess(path, model.config.vision.image_size))
-                batch.append(path)
-            except ImageError as e:
-                failed += 1
-                tqdm.write(f"altclip.py: error: {e}", file=sys.stderr)
-            except ValueError as e:  # an image Pillow can read but not convert to RGB
-                failed += 1
-                tqdm.write(f"altclip.py: error: cannot use image '{path}': {e}", file=sys.stderr)
-        if batch:
-            with torch.inference_mode():
-                image = F.normalize(model.get_image_features(torch.cat(pixels).to(model.device)), dim=-1)
-                probs = (scale * image @ text.t()).softmax(dim=-1).cpu()  # (images, labels): logits_per_image
-            for path, p in zip(batch, probs):
-                order = p.argsort(descending=True, stable=True)[:args.top_k]  # top_k None: all labels
-                scores = {args.labels[i]: p[i].item() for i in order}
-                results.append({"image": path, "scores": scores})
-                if not args.json:  # printed as they come, so a long folder shows results early
-                    tqdm.write(("\n" if len(results) > 1 else "") + format_scores(path, scores), file=sys.stdout)
-        progress.update(len(paths[start:start + args.batch_size]))
-    progress.close()
-    if args.verbose:
-        print(f"altclip.py: {len(results)} image(s) scored against {len(args.labels)} label(s) in "
-              f"{time.perf_counter() - t0:.1f} s", file=sys.stderr)
-    if args.json:
-        print(json.dumps(results, ensure_ascii=False, indent=2))
-    return 1 if failed else 0
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    import cli  # the command line stands on top of this file (cli.py)
+
+    sys.exit(cli.main())

@@ -156,7 +156,7 @@ def throughput(folder: Path, repeats: int, warmup: int, dtypes: list[str]) -> di
 
 
 def has_cli() -> bool:
-    return (ROOT / "cli.py").exists() or "def main" in (ROOT / "altclip.py").read_text()
+    return (ROOT / "cli.py").exists() and "def main" in (ROOT / "cli.py").read_text()
 
 
 def main_job(folder: Path, repeats: int, warmup: bool, dtype: str, env: dict) -> dict:
@@ -392,7 +392,7 @@ def main(argv=None):
     if args.skip_job:
         res["main_job"] = "--skip-job"
     elif not has_cli():
-        res["main_job"] = "altclip.py has no command line yet (no `def main`)"
+        res["main_job"] = "no command line yet (no cli.py with `def main`)"
         log(f"[main job] skipped: {res['main_job']}")
     else:
         res["main_job"] = main_job(folder, args.job_repeats, not args.quick, args.job_dtype, env)

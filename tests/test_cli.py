@@ -1,6 +1,6 @@
 """The command line end to end, on a tiny random checkpoint with a tokenizer trained in the tests.
 
-Most runs call altclip.main(argv) in-process (fast, output captured by capsys); two run `python altclip.py` for real
+Most runs call cli.main(argv) in-process (fast, output captured by capsys); two run `python altclip.py` for real
 to prove the __main__ path, the exit status and that no traceback reaches the user. Probabilities are compared with
 the reference: transformers' AltCLIPModel + XLMRobertaTokenizer + CLIPImageProcessor.
 """
@@ -18,7 +18,9 @@ import torch
 from PIL import Image
 
 import altclip
-from altclip import CLIP_MEAN, CLIP_STD, main
+import cli
+from altclip import CLIP_MEAN, CLIP_STD
+from cli import main
 from checkpoints import save_checkpoint, tiny_reference
 from kernels import onednn
 from spm_fixture import train_sentencepiece
@@ -382,9 +384,9 @@ def cat_folder(folder: Path, n: int) -> Path:
 def test_onednn_auto_packs_a_large_folder_only_where_measured_faster(capsys, model_dir, tmp_path):
     """auto packs 16+ images on the CPU classes where packing was measured faster (AVX-512), never on AVX2-only ones,
     and -v names the CPU class and the path that ran."""
-    cat_folder(tmp_path, altclip.ONEDNN_MIN_IMAGES)
+    cat_folder(tmp_path, cli.ONEDNN_MIN_IMAGES)
     code, out, err = run(capsys, tmp_path, "a cat", "a dog", "--model", model_dir, "-v", "--batch-size", "16")
-    assert code == 0 and out.count("cat") >= altclip.ONEDNN_MIN_IMAGES
+    assert code == 0 and out.count("cat") >= cli.ONEDNN_MIN_IMAGES
     packs = torch.backends.cpu.get_cpu_capability() == "AVX512"  # the class where it was measured faster
     assert ("oneDNN packed linears" in err) is packs
     assert f"on cpu ({torch.backends.cpu.get_cpu_capability()}, bfloat16 " in err
@@ -402,7 +404,7 @@ def test_bfloat16_folder_without_native_bf16_answers_every_image_with_one_warnin
     if cpu.native(torch.bfloat16):
         monkeypatch.setattr(cpu, "native", lambda dtype: dtype == torch.float32)
         monkeypatch.setattr(cpu, "capability", lambda: "AVX2")
-    n = altclip.ONEDNN_MIN_IMAGES + 1
+    n = cli.ONEDNN_MIN_IMAGES + 1
     code, out, err = run(capsys, cat_folder(tmp_path, n), *LABELS, "--model", model_dir, "--dtype", "bfloat16",
                          "--json")
     assert code == 0 and len(json.loads(out)) == n

@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-import altclip
+import cli
 from altclip import quick_gelu
 from checkpoints import save_checkpoint, tiny_reference
 from kernels import cpu, onednn
@@ -126,13 +126,13 @@ AUTO = [("AVX512", True, torch.float32, True), ("AVX512", True, torch.bfloat16, 
 @pytest.mark.parametrize("capability,native_bf16,dtype,packs", AUTO)
 def test_auto_packs_only_where_measured_faster(monkeypatch, capability, native_bf16, dtype, packs):
     simulate(monkeypatch, capability, native_bf16)
-    assert altclip.choose_onednn("auto", 17, "cpu", dtype)[0] is packs
-    assert altclip.choose_onednn("auto", 3, "cpu", dtype)[0] is False  # too few images to repay packing
-    assert altclip.choose_onednn("auto", 17, "meta", dtype)[0] is False  # not a CPU model
-    assert altclip.choose_onednn("off", 17, "cpu", dtype)[0] is False
-    assert altclip.choose_onednn("on", 1, "cpu", dtype)[0] is True  # on insists; load_pretrained says if it can't
+    assert cli.choose_onednn("auto", 17, "cpu", dtype)[0] is packs
+    assert cli.choose_onednn("auto", 3, "cpu", dtype)[0] is False  # too few images to repay packing
+    assert cli.choose_onednn("auto", 17, "meta", dtype)[0] is False  # not a CPU model
+    assert cli.choose_onednn("off", 17, "cpu", dtype)[0] is False
+    assert cli.choose_onednn("on", 1, "cpu", dtype)[0] is True  # on insists; load_pretrained says if it can't
     if not packs:
-        assert altclip.choose_onednn("auto", 17, "cpu", dtype)[1]  # a reason for -v
+        assert cli.choose_onednn("auto", 17, "cpu", dtype)[1]  # a reason for -v
 
 
 def test_auto_on_this_cpu_packs_only_what_can_be_packed():
