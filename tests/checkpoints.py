@@ -17,6 +17,9 @@ TINY = dict(
                        image_size=224, patch_size=14),
     projection_dim=32,
 )
+# BAAI/AltCLIP's trained logit_scale, ln(100) (scale 100); the config default is ln(1/0.07) = 2.6592, so code that
+# ignored the loaded value would still agree with a fixture left at the default.
+LOGIT_SCALE = 4.6052
 
 
 def tiny_reference(seed: int = 0, vocab_size: int | None = None, projection_dim: int | None = None):
@@ -31,10 +34,15 @@ def tiny_reference(seed: int = 0, vocab_size: int | None = None, projection_dim:
     torch.manual_seed(seed)
     model = AltCLIPModel(AltCLIPConfig(**spec), ).eval()
     model.set_attn_implementation("eager")
-    with torch.no_grad():  # default init has LayerNorm = identity and zero biases: perturb everything
+    with torch.no_grad():  # default init has LayerNorm = identity, zero biases, logit_scale ln(1/0.07): change all
         for p in model.parameters():
             if p.ndim:
                 p.add_(torch.randn_like(p) * 0.05)
+        for m in model.modules():  # LayerNorm far from identity, so a norm that ignored its weight or bias would show
+            if isinstance(m, torch.nn.LayerNorm):
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.normal_(0, 0.2)
+        model.logit_scale.fill_(LOGIT_SCALE)
     return model
 
 

@@ -19,7 +19,6 @@ from PIL import Image
 
 import altclip
 import cli
-from altclip import CLIP_MEAN, CLIP_STD
 from cli import main
 from checkpoints import save_checkpoint, tiny_reference
 from kernels import onednn
@@ -44,14 +43,13 @@ def model_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def reference(model_dir):
     """probs(images, texts) → (images, texts) softmax of the reference's logits_per_image."""
-    from transformers import CLIPImageProcessorPil, XLMRobertaTokenizer
+    from transformers import XLMRobertaTokenizer
+
+    from test_preprocess import reference_processor  # BAAI's preprocessor_config, not altclip's constants
 
     model = tiny_reference(seed=0, vocab_size=Tokenizer.from_pretrained(model_dir).vocab_size)  # = the saved one
     tokenizer = XLMRobertaTokenizer.from_pretrained(model_dir)
-    processor = CLIPImageProcessorPil(
-        do_resize=True, size={"shortest_edge": 224}, resample=3, do_center_crop=True, crop_size=224,
-        do_rescale=True, rescale_factor=1 / 255, do_normalize=True, image_mean=list(CLIP_MEAN),
-        image_std=list(CLIP_STD), do_convert_rgb=True)
+    processor = reference_processor()
 
     def probs(images, texts):
         tokens = tokenizer(texts, padding=True, return_tensors="pt")
@@ -178,7 +176,14 @@ def test_top_k(capsys, model_dir):
     assert run_json(capsys, CAT, *LABELS, "--model", model_dir, "--top-k", "99")[0]["scores"] == full
 
 
-@pytest.mark.parametrize("dtype, atol", [("bfloat16", 0.01), ("float16", 2e-3)])
+# Labels whose reference probabilities on the cat are far apart (0.63, 0.32, 0.05), so that half precision's error
+# cannot hide a swap. Per-dtype tolerance on probabilities: the logits are 100 times a cosine, so bfloat16's ~3
+# significant digits move them by up to ~0.3 (worst seen over several label sets: 0.035 in probability), float16's
+# ~8x more precise ones by ~0.04 (worst seen: 0.003).
+DTYPE_LABELS = ["a photo of a cat", "eine Katze im Haus", "صورة قطة"]
+
+
+@pytest.mark.parametrize("dtype, atol", [("bfloat16", 0.05), ("float16", 0.01)])
 def test_dtype(capsys, model_dir, reference, monkeypatch, dtype, atol):
     import load_weights
 
@@ -186,14 +191,17 @@ def test_dtype(capsys, model_dir, reference, monkeypatch, dtype, atol):
     load = load_weights.load_pretrained
     monkeypatch.setattr(load_weights, "load_pretrained", lambda *a, **kw: loaded.append(load(*a, **kw)) or loaded[-1])
     from kernels import cpu
-    code, out, err = run(capsys, CAT, *LABELS, "--model", model_dir, "--dtype", dtype, "--json")
+    code, out, err = run(capsys, CAT, *DTYPE_LABELS, "--model", model_dir, "--dtype", dtype, "--json")
     scores = json.loads(out)[0]["scores"]
     emulated = not cpu.native(getattr(torch, dtype))  # then (only then) one line says so
     assert code == 0 and len(err.splitlines()) == emulated and ("emulated" in err) == emulated, err
     assert [m.dtype for m in loaded] == [getattr(torch, dtype)]
     assert sum(scores.values()) == pytest.approx(1, abs=1e-5)
-    torch.testing.assert_close(torch.tensor([scores[label] for label in LABELS]), reference([CAT], LABELS)[0],
-                               atol=atol, rtol=0)
+    expected = reference([CAT], DTYPE_LABELS)[0]
+    ranked = expected.sort(descending=True).values
+    assert (ranked[:-1] - ranked[1:]).min() > 4 * atol  # two labels swapped would be off by a gap, far beyond atol
+    assert list(scores) == [DTYPE_LABELS[i] for i in expected.argsort(descending=True)]  # the same ranking, exactly
+    torch.testing.assert_close(torch.tensor([scores[label] for label in DTYPE_LABELS]), expected, atol=atol, rtol=0)
 
 
 def test_folder_good_and_bad_files(capsys, model_dir, folder, reference):

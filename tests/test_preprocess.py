@@ -10,20 +10,36 @@ import pytest
 import torch
 from PIL import Image, ImageOps
 
-from altclip import CLIP_MEAN, CLIP_STD, ImageError, load_image, preprocess
+from altclip import ImageError, load_image, preprocess
 
 ATOL = 1e-4  # the reference computes in float64 then float32; we compute in float32
+
+# BAAI/AltCLIP's preprocessor_config.json, copied here: never altclip's own CLIP_MEAN/CLIP_STD, or a wrong constant
+# there would be compared with itself. test_reference_statistics_are_openai_clips checks them against transformers.
+BAAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
+BAAI_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+def reference_processor():
+    """The reference CLIPImageProcessor (PIL backend) with BAAI/AltCLIP's preprocessor_config.json, written out."""
+    from transformers import CLIPImageProcessorPil
+
+    return CLIPImageProcessorPil(
+        do_resize=True, size={"shortest_edge": 224}, resample=3, do_center_crop=True, crop_size=224,
+        do_rescale=True, rescale_factor=1 / 255, do_normalize=True, image_mean=list(BAAI_MEAN),
+        image_std=list(BAAI_STD), do_convert_rgb=True)
 
 
 @pytest.fixture(scope="module")
 def reference():
-    from transformers import CLIPImageProcessorPil
+    return reference_processor()
 
-    # BAAI/AltCLIP's preprocessor_config.json, written out.
-    return CLIPImageProcessorPil(
-        do_resize=True, size={"shortest_edge": 224}, resample=3, do_center_crop=True, crop_size=224,
-        do_rescale=True, rescale_factor=1 / 255, do_normalize=True, image_mean=list(CLIP_MEAN),
-        image_std=list(CLIP_STD), do_convert_rgb=True)
+
+def test_reference_statistics_are_openai_clips():
+    """The values copied from BAAI's config are OpenAI CLIP's, as transformers ships them."""
+    from transformers.utils.constants import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+
+    assert (BAAI_MEAN, BAAI_STD) == (tuple(OPENAI_CLIP_MEAN), tuple(OPENAI_CLIP_STD))
 
 
 def reference_pixels(reference, image):
@@ -118,7 +134,7 @@ def test_transparent_pixels_become_white():
     # Fully transparent pixels (the left third of RGBA images) hide random colours; the reference shows them white.
     image = make("RGBA", 224, 224)
     x = preprocess(image)[0]  # (3, 224, 224)
-    white = (1 - torch.tensor(CLIP_MEAN)) / torch.tensor(CLIP_STD)
+    white = (1 - torch.tensor(BAAI_MEAN)) / torch.tensor(BAAI_STD)
     torch.testing.assert_close(x[:, 10:200, 5:60], white.view(3, 1, 1).expand(3, 190, 55), atol=ATOL, rtol=0)
     dropped = preprocess(image.convert("RGB"))[0]  # PIL's plain conversion keeps the hidden colours
     assert (dropped[:, :, :60] - x[:, :, :60]).abs().max() > 1
