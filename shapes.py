@@ -46,10 +46,10 @@ SIZES = ["small", "large"]
 POSITIONS = ["left", "right", "top", "bottom", "centre"]
 
 CLASSES = [(colour, shape) for colour in COLOURS for shape in SHAPES]
-# A shifted diagonal (colour i with shape i+1) and two more: every colour and every shape loses at most two of its
+# A shifted diagonal (colour i with shape i + 1) and two more: every colour and every shape loses at most two of its
 # six partners, so each is still seen in training with at least four others.
-_COLOUR_NAMES = list(COLOURS)
-HELD_OUT = [(_COLOUR_NAMES[i], SHAPES[(i + 1) % 6]) for i in range(6)] + [("red", "star"), ("green", "circle")]
+HELD_OUT = [("red", "square"), ("orange", "triangle"), ("yellow", "star"), ("green", "heart"), ("blue", "cross"),
+            ("purple", "circle"), ("red", "star"), ("green", "circle")]
 SEEN = [c for c in CLASSES if c not in HELD_OUT]
 
 RADIUS = {"small": (28, 42), "large": (58, 74)}  # pixels; a large shape's centre still fits in a third of the image
@@ -115,9 +115,8 @@ def _outline(shape: str) -> np.ndarray:
     if shape == "cross":  # a plus sign: arms 0.6 wide, corners at distance 1
         w, a = 0.3, math.sqrt(1 - 0.3 ** 2)
         quarter = np.array([[w, a], [-w, a], [-w, w]])  # the top arm and the inner corner to its left
-        turns = [np.array([[math.cos(k * math.pi / 2), -math.sin(k * math.pi / 2)],
-                           [math.sin(k * math.pi / 2), math.cos(k * math.pi / 2)]]) for k in range(4)]
-        return np.concatenate([quarter @ r.T for r in turns])
+        turn = np.array([[0, 1], [-1, 0]])  # (x, y) @ turn = (-y, x): a quarter turn counter-clockwise
+        return np.concatenate([quarter @ np.linalg.matrix_power(turn, k) for k in range(4)])
     raise ValueError(f"unknown shape {shape!r}; known: {SHAPES}")
 
 
@@ -138,13 +137,12 @@ def _pixels(scene: Scene, size: int = IMAGE_SIZE) -> np.ndarray:
     rotate = np.array([[math.cos(a), -math.sin(a)], [math.sin(a), math.cos(a)]])
     points = OUTLINES[scene.shape] @ rotate.T * scene.radius  # (k, 2), y up
     points = (points * [1, -1] + [scene.x, scene.y]) * s  # image coordinates: y down
-    mask = Image.new("L", (size, size))
-    ImageDraw.Draw(mask).polygon([tuple(p) for p in points], fill=1)
-    mask = np.asarray(mask, dtype=bool)  # (size, size)
-    image = np.where(mask, np.array(scene.rgb, np.float32)[:, None, None], np.float32(scene.background))  # (3, H, W)
+    canvas = Image.new("RGB", (size, size), (scene.background,) * 3)
+    ImageDraw.Draw(canvas).polygon(points.ravel().tolist(), fill=scene.rgb)
     dy, dx = scene.seed % size, (scene.seed // size) % size
-    image += scene.noise * _noise_field(size)[:, dy:dy + size, dx:dx + size]
-    return np.clip(image, 0, 255).astype(np.uint8)
+    image = scene.noise * _noise_field(size)[:, dy:dy + size, dx:dx + size]  # (3, size, size)
+    image += np.asarray(canvas).transpose(2, 0, 1)  # (H, W, 3) -> (3, H, W)
+    return np.clip(image, 0, 255, out=image).astype(np.uint8)
 
 
 def render(scene: Scene, size: int = IMAGE_SIZE) -> Image.Image:
