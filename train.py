@@ -25,24 +25,31 @@ transformers' AltCLIPModel all load it.
 from __future__ import annotations
 
 import argparse
-import copy
 import io
 import json
 import math
+import os
 import random
+import re
 import sys
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-import torch
-import torch.nn.functional as F
-from tqdm import tqdm
+# Threads that wait for work sleep instead of spinning: on a CPU shared with other processes, spinning OpenMP
+# threads made every small op here wait for a descheduled partner (5-7x slower steps). Read when torch loads OpenMP.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-import shapes
-from altclip import CLIP_MEAN, CLIP_STD, AltCLIP, AltCLIPConfig, TextConfig, VisionConfig
-from load_weights import CheckpointError, load_pretrained, save_pretrained
-from tokenizer import MODEL_FILE, Tokenizer
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from PIL import Image  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+import shapes  # noqa: E402
+from altclip import CLIP_MEAN, CLIP_STD, AltCLIP, AltCLIPConfig, TextConfig, VisionConfig  # noqa: E402
+from load_weights import CheckpointError, load_pretrained, save_pretrained  # noqa: E402
+from tokenizer import MODEL_FILE, Tokenizer  # noqa: E402
 
 # -----------------------------------------------------------------------------
 # The recipe's sizes and schedule. The defaults made examples/mini-altclip.
@@ -50,8 +57,9 @@ from tokenizer import MODEL_FILE, Tokenizer
 
 @dataclass(frozen=True)
 class Recipe:
-    # towers: the image tower reads 224 px images in 32 px patches (7 × 7 + 1 tokens), cheap on a CPU
-    patch_size: int = 32
+    # towers: the image tower reads the 224 px images resized to 112 px, in 16 px patches (7 × 7 + 1 tokens)
+    image_size: int = 112
+    patch_size: int = 16
     vision_width: int = 96
     vision_layers: int = 3
     text_width: int = 96  # the teacher's text tower, and the width of its text representation (project_dim)
@@ -81,7 +89,7 @@ class Recipe:
     weight_decay: float = 0.05
 
 
-SMOKE = Recipe(patch_size=56, vision_width=16, vision_layers=1, text_width=16, text_layers=1, student_width=24,
+SMOKE = Recipe(image_size=56, patch_size=14, vision_width=16, vision_layers=1, text_width=16, text_layers=1, student_width=24,
                student_layers=1, heads=2, projection_dim=8, vocab_size=300, images0=48, images2=32,
                tokenizer_scenes=200, test_per_class=2, steps0=3, batch0=16, steps1=3, batch1=4, steps2=3, batch2=16)
 
@@ -114,9 +122,21 @@ def teacher_learning_loss(student, teacher):
 # Data: scenes, their images and captions (shapes.py), tokens.
 
 
+def render(scenes, size: int):
+    """Scenes → uint8 (N, 3, size, size): drawn at 224 px by shapes.py, then resized the way altclip.preprocess
+    resizes a 224 px image file for a model of `size` px (PIL bicubic), so that training sees what
+    `python altclip.py image.png …` shows the model."""
+    if size == shapes.IMAGE_SIZE:
+        return shapes.make_images(scenes)
+    out = torch.empty(len(scenes), 3, size, size, dtype=torch.uint8)
+    for k, scene in enumerate(scenes):
+        out[k] = torch.from_numpy(np.array(shapes.render(scene).resize((size, size), Image.BICUBIC))).permute(2, 0, 1)
+    return out
+
+
 def pixel_values(images):
-    """uint8 (B, 3, 224, 224) → what altclip.preprocess makes of the same 224 × 224 image (its resize and crop are
-    then the identity): scaled to [0, 1], normalised with CLIP's mean and std."""
+    """uint8 (B, 3, S, S) → what altclip.preprocess makes of the same S × S image (its resize and crop are then the
+    identity): scaled to [0, 1], normalised with CLIP's mean and std."""
     mean, std = torch.tensor(CLIP_MEAN).view(3, 1, 1), torch.tensor(CLIP_STD).view(3, 1, 1)
     return (images.float() / 255 - mean) / std
 
@@ -136,11 +156,21 @@ class Captions:
         return input_ids, mask
 
 
+# Chinese and Japanese script (CJK ideographs, hiragana, katakana): written without spaces between words.
+UNSPACED = re.compile("([\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff])")
+
+
 def train_tokenizer(texts, folder: Path, vocab_size: int, max_length: int) -> Tokenizer:
     """A sentencepiece unigram model like XLM-R's (nmt_nfkc normalisation, every character a piece), trained on
-    `texts` and saved as sentencepiece.bpe.model with the reference's tokenizer files beside it."""
+    `texts` and saved as sentencepiece.bpe.model with the reference's tokenizer files beside it.
+
+    Chinese and Japanese characters are learned one by one: in so small and repetitive a corpus the trainer would
+    otherwise take whole phrases ("赤い丸", red circle) as single pieces, and a colour-shape pair never seen in
+    training would share no piece with the seen ones. (XLM-R, trained on 2.5 TB, splits these scripts mostly into
+    characters and short words.) The texts are tokenized as they are; only the trainer sees the spaces."""
     import sentencepiece as spm
 
+    texts = [" ".join(UNSPACED.sub(r" \1 ", text).split()) for text in texts]
     model = io.BytesIO()
     spm.SentencePieceTrainer.train(sentence_iterator=iter(texts), model_writer=model, model_type="unigram",
                                    vocab_size=vocab_size, hard_vocab_limit=False, character_coverage=1.0,
@@ -163,12 +193,12 @@ def write_tokenizer_config(folder: Path, max_length: int):
 @dataclass
 class TestSet:
     scenes: list  # per_class rounds of the 36 classes in CLASSES order: scene k belongs to class k % 36
-    images: torch.Tensor  # (N, 3, 224, 224) uint8
+    images: torch.Tensor  # (N, 3, S, S) uint8, S the model's image size
     captions: list  # per scene, {lang: caption}
     seed: int
 
 
-def make_test_set(seed: int, per_class: int) -> TestSet:
+def make_test_set(seed: int, per_class: int, image_size: int) -> TestSet:
     """All 36 classes, held-out ones included, `per_class` images each, generated afresh from `seed`."""
     rng = random.Random(seed)
     scenes, caps = [], []
@@ -176,7 +206,7 @@ def make_test_set(seed: int, per_class: int) -> TestSet:
         for cls in shapes.CLASSES:
             scenes.append(shapes.sample_scene(rng, [cls]))
             caps.append(shapes.captions(scenes[-1], rng))
-    return TestSet(scenes, shapes.make_images(scenes), caps, seed)
+    return TestSet(scenes, render(scenes, image_size), caps, seed)
 
 
 # -----------------------------------------------------------------------------
@@ -288,7 +318,7 @@ def freeze(*modules):
 
 def new_teacher(recipe: Recipe, vocab_size: int) -> AltCLIP:
     """An AltCLIP of the recipe's size at random: the CLIP stand-in that stage 0 trains."""
-    vision = VisionConfig(image_size=224, patch_size=recipe.patch_size, hidden_size=recipe.vision_width,
+    vision = VisionConfig(image_size=recipe.image_size, patch_size=recipe.patch_size, hidden_size=recipe.vision_width,
                           intermediate_size=4 * recipe.vision_width, num_hidden_layers=recipe.vision_layers,
                           num_attention_heads=recipe.heads)
     text = TextConfig(vocab_size=vocab_size, hidden_size=recipe.text_width, intermediate_size=4 * recipe.text_width,
@@ -394,7 +424,7 @@ def train(out: Path, recipe: Recipe = Recipe(), seed: int = TRAIN_SEED, test_see
     t0 = time.perf_counter()
     out = Path(out)
     rng = random.Random(seed)
-    test = make_test_set(test_seed, recipe.test_per_class)
+    test = make_test_set(test_seed, recipe.test_per_class, recipe.image_size)
 
     # The tokenizer is trained on the captions, in all ten languages, of training scenes only.
     corpus = [text for scene in training_scenes(recipe.tokenizer_scenes, rng)
@@ -417,7 +447,7 @@ def train(out: Path, recipe: Recipe = Recipe(), seed: int = TRAIN_SEED, test_see
     if cached:
         teacher, history = cached
     else:
-        images0 = shapes.make_images(scenes0)
+        images0 = render(scenes0, recipe.image_size)
         seed_everything(seed)
         teacher = new_teacher(recipe, tokenizer.vocab_size)
         history = stage0_clip(teacher, images0, scenes0, captions, recipe, rng)
@@ -440,7 +470,7 @@ def train(out: Path, recipe: Recipe = Recipe(), seed: int = TRAIN_SEED, test_see
     rng2 = random.Random(seed + 2)
     scenes2 = training_scenes(recipe.images2, rng2)
     seed_everything(seed + 2)
-    history = stage2_contrastive(model, shapes.make_images(scenes2), scenes2, captions, recipe, rng2)
+    history = stage2_contrastive(model, render(scenes2, recipe.image_size), scenes2, captions, recipe, rng2)
     report("stage2", model, history, t)
 
     results["seconds"]["total"] = round(time.perf_counter() - t0, 1)
@@ -562,7 +592,7 @@ def main(argv=None) -> int:
         except (OSError, CheckpointError) as e:
             print(f"train.py: error: checkpoint '{args.eval}': {e}", file=sys.stderr)
             return 1
-        test = make_test_set(args.seed, args.per_class or Recipe.test_per_class)
+        test = make_test_set(args.seed, args.per_class or Recipe.test_per_class, model.config.vision.image_size)
         result = evaluate(model, tokenizer, test)
         print(format_table({args.eval: result}))
         if args.json:
