@@ -11,10 +11,11 @@ kernelspec pointing at it is written into a temporary folder and only that folde
 `python3` kernel installed elsewhere (~/.local/share/jupyter, another virtual environment) nor the PATH can pick a
 different Python. The kernel's working directory is notebooks/, as when Jupyter opens the notebook.
 
-The environment. HF_HUB_OFFLINE=1 (never wait on the network), and TRITON_INTERPRET=1 when there is no CUDA
-device (the kernels notebook then runs Triton in its CPU interpreter). Which weights the notebooks use is decided
-by notebooks/weights.py (ALTCLIP_WEIGHTS=/folder, the hub cache, or a tiny random model); with the real weights
-available, the saved outputs are the real model's.
+The environment. HF_HUB_OFFLINE=1 (never wait on the network), OMP_WAIT_POLICY=PASSIVE (unless set: idle OpenMP
+threads sleep rather than spin, which on a busy CPU makes each small op wait for a descheduled thread), and
+TRITON_INTERPRET=1 when there is no CUDA device (the kernels notebook then runs Triton in its CPU interpreter). Which weights the notebooks use is decided
+by notebooks/weights.py (ALTCLIP_WEIGHTS=/folder, the hub cache, the committed mini model in examples/mini-altclip,
+or a tiny random model); the saved outputs are those of whichever it finds, and the committed ones the mini model's.
 
 Cleaning, so that a re-run changes only what the code changed: cells keep their ids; cell metadata and timing are
 dropped; execution counts run 1, 2, 3, … (they do for a top-to-bottom run); consecutive pieces of printed text are
@@ -51,6 +52,9 @@ def environment() -> dict[str, str]:
     import torch
 
     env = dict(os.environ, HF_HUB_OFFLINE="1")
+    # OpenMP threads that wait for work sleep instead of spinning. On a CPU shared with other processes, spinning
+    # threads made every small op of the mini model wait ~15 ms for a descheduled partner (80x slower notebooks).
+    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     if not torch.cuda.is_available():
         env.setdefault("TRITON_INTERPRET", "1")
     return env
