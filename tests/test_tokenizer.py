@@ -176,7 +176,7 @@ def test_special_ids_and_vocabulary(tok, ref, model_dir):
         ref.bos_token_id, ref.pad_token_id, ref.eos_token_id, ref.unk_token_id, ref.mask_token_id)
     assert tok.mask_token_id == sp_size + 1
     assert tok.vocab_size == len(tok) == len(ref) == ref.vocab_size == sp_size + 2
-    assert tok.pieces == ref.convert_ids_to_tokens(list(range(len(ref))))
+    assert list(tok.pieces) == ref.convert_ids_to_tokens(list(range(len(ref))))
 
 
 @pytest.mark.parametrize("name", ["english", "japanese", "unknown_run", "specials", "halfwidth_dakuten", "empty"])
