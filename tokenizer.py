@@ -29,7 +29,6 @@ fast path (`__call__`, `encode`, `tokenize`) gives the same ids at sentencepiece
 - step 3's Viterbi runs in sentencepiece's C++, on our words, with the model file rewritten (`for_our_words`) so
   that sentencepiece sees the words exactly as we give them and scores them as the reference does.
 """
-import array
 import collections.abc
 import functools
 import itertools
@@ -39,6 +38,7 @@ import pathlib
 import re
 import struct
 
+import numpy
 import regex  # grapheme clusters (\X), which the standard library's `re` lacks
 import sentencepiece
 import torch
@@ -46,6 +46,7 @@ import torch
 MODEL_FILE = "sentencepiece.bpe.model"
 SPECIALS = ["<s>", "<pad>", "</s>", "<unk>"]  # fairseq ids 0-3; <mask> comes after the pieces
 WHITESPACE = re.compile("[\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]+")  # White_Space
+NOT_WHITE_SPACE = re.compile("[\x1c-\x1f]")  # what str.split() splits on, besides WHITESPACE
 UNK_PENALTY = 10.0  # an unknown character scores this much below the worst piece, as in sentencepiece
 GRAPHEME = regex.compile(r"\X")
 # The characters that can join a neighbour in a grapheme (Unicode's grapheme break rules GB3-GB13: CR LF, Hangul
@@ -62,7 +63,6 @@ JOINERS = regex.compile(r"[\r\p{GCB=Extend}\p{GCB=ZWJ}\p{GCB=SpacingMark}\p{GCB=
 # (Splits with different pieces whose float64 scores differ by less than float32 rounding, ~1e-6 of the score, can
 # still be ordered differently; no test has met one.)
 REPEAT = re.compile(r"(.)\1\1|(..+)\2", re.S)
-MAYBE_REPEAT = re.compile(r"([^ ])\1\1|([^ ][^ ])[^ ]*?\2")  # in words joined by " ": a pair of characters twice
 
 
 class Tokenizer:
@@ -75,8 +75,15 @@ class Tokenizer:
         model = path.read_bytes()
         pieces_end, fields = model_fields(model)
         self.charmap = CharMap(protobuf_field(fields.get(3, b""), 2))  # normalizer_spec.precompiled_charsmap
-        self.sp = sentencepiece.SentencePieceProcessor(model_proto=for_our_words(model, pieces_end, fields))
-        n = self.sp.get_piece_size() - len(ADDED)  # the file's pieces, and our placeholder in front of them
+        # Sentencepiece gets the words of a text as one string, joined by a character that no piece of the file
+        # contains (its bytes are nowhere in the file), added as a piece: no piece can span two words, so each word
+        # is split as if it were alone, as the reference does.
+        self.sep = next(c for c in map(chr, range(0x10FFFF, 0xF0000, -1)) if c.encode() not in model)
+        self.sp = sentencepiece.SentencePieceProcessor(model_proto=for_our_words(model, pieces_end, fields, self.sep))
+        n = self.sp.get_piece_size() - len(ADDED) - 1  # the file's pieces and our placeholder: <mask> comes next
+        self.sep_id = n + len(ADDED)
+        # in words joined by the separator: a character three times running, or a pair of characters twice (REPEAT)
+        self.maybe_repeat = re.compile(f"([^{self.sep}])\\1\\1|([^{self.sep}][^{self.sep}])[^{self.sep}]*?\\2")
 
         self.bos_token_id, self.pad_token_id, self.eos_token_id, self.unk_token_id = 0, 1, 2, 3
         self.mask_token_id = n
@@ -85,9 +92,10 @@ class Tokenizer:
         self.special_id = {token: i for i, token in enumerate(SPECIALS)} | {"<mask>": self.mask_token_id}
         self.specials = re.compile("(" + "|".join(map(re.escape, self.special_id)) + ")")
         # sentencepiece's ids that are not fairseq's: its unknown, and the specials added as pieces after <mask>
-        self.from_sp = {1: self.unk_token_id} | {n + 1 + i: self.special_id[t] for i, t in enumerate(ADDED[1:])}
+        self.from_sp = {1: self.unk_token_id} | {n + i: self.special_id[t] for i, t in enumerate(ADDED) if i}
         self.pieces = Pieces(self.sp, self.vocab_size)
         self.vocab = Vocab(self.sp, self.vocab_size, self.special_id)
+        self.split_word = Cache(self.viterbi)
         self.model_max_length = model_max_length
 
     @classmethod
@@ -116,11 +124,11 @@ class Tokenizer:
         if not texts or not all(isinstance(text, str) for text in texts):
             raise TypeError(f"expected a string or a non-empty list of strings, got {texts!r:.80}")
         rows = self.encode_batch(texts, max_length)
-        L = max(map(len, rows))
-        padded = itertools.chain.from_iterable(row + [self.pad_token_id] * (L - len(row)) for row in rows)
-        input_ids = torch.frombuffer(array.array("q", padded), dtype=torch.int64).view(len(rows), L)
-        lengths = torch.tensor(list(map(len, rows)))
-        attention_mask = (torch.arange(L) < lengths[:, None]).long()  # (B, L)
+        lengths = numpy.fromiter(map(len, rows), numpy.int64, len(rows))
+        attention_mask = numpy.arange(lengths.max()) < lengths[:, None]  # (B, L)
+        input_ids = numpy.full(attention_mask.shape, self.pad_token_id, numpy.int64)
+        input_ids[attention_mask] = numpy.fromiter(itertools.chain.from_iterable(rows), numpy.int64, lengths.sum())
+        input_ids, attention_mask = torch.from_numpy(input_ids), torch.from_numpy(attention_mask.astype(numpy.int64))
         return {"input_ids": input_ids, "attention_mask": attention_mask}
 
     def encode(self, text, max_length=None):
@@ -128,7 +136,7 @@ class Tokenizer:
         return self.encode_batch([text], max_length)[0]
 
     def encode_batch(self, texts, max_length=None):
-        """`encode` of each text, with one call to sentencepiece for all their words."""
+        """`encode` of each text, with one call to sentencepiece for all of them."""
         max_length = max_length or self.model_max_length
         if max_length < 2:
             raise ValueError(f"max_length must leave room for <s> and </s>, got {max_length}")
@@ -138,46 +146,46 @@ class Tokenizer:
         for row in items:
             ids = [self.bos_token_id]
             for item in row:
-                if type(item) is int:  # a special token of the text
-                    ids.append(item)
-                elif type(item) is tuple:  # a word split in Python
-                    ids += [i for _, i in item]
-                else:
-                    word = next(encoded)
-                    ids += word if self.from_sp.keys().isdisjoint(word) else [self.from_sp.get(i, i) for i in word]
+                ids += self.fairseq_ids(next(encoded)) if type(item) is str else [i for _, i in item]
             rows.append(ids[:max_length - 1] + [self.eos_token_id])
         return rows
+
+    def fairseq_ids(self, ids):
+        """Sentencepiece's ids without the separators: fairseq's, but for its unknown and the specials added after
+        <mask>."""
+        ids = list(filter(self.sep_id.__ne__, ids))
+        return ids if self.from_sp.keys().isdisjoint(ids) else [self.from_sp.get(i, i) for i in ids]
 
     def tokenize(self, text):
         """The pieces of a text (no <s>, </s>, no truncation); an unknown stretch is shown as its own characters."""
         items = self.words(text)
         encoded = iter(self.sp.encode([item for item in items if type(item) is str], out_type=str))
-        pieces = []
-        for item in items:
-            if type(item) is int:
-                pieces.append(self.pieces[item])
-            else:
-                pieces += [piece for piece, _ in item] if type(item) is tuple else next(encoded)
-        return pieces
+        return [piece for item in items
+                for piece in ([p for p in next(encoded) if p != self.sep] if type(item) is str else [p for p, _ in item])]
 
     def words(self, text):
-        """Steps 1-3 of the module docstring up to the Viterbi search: the ids of the special tokens in the text,
-        and between them the normalised words, each with "▁" in front (a "▁" inside a word starts a new one). Words
-        in which a stretch repeats are split here already, as (piece, id) pairs (see REPEAT)."""
+        """Steps 1-3 of the module docstring up to the Viterbi search: the normalised words, each with "▁" in front
+        (a "▁" inside a word starts a new one), joined by the separator for sentencepiece to split. The special tokens
+        of the text, and the words that sentencepiece might split otherwise than the reference (see REPEAT), come
+        already split, as lists of (piece, id) pairs."""
         out = []
-        for i, part in enumerate(self.specials.split(text)):
+        for i, part in enumerate(self.specials.split(text) if "<" in text else [text]):
             if i % 2:  # re.split puts the special-token strings at odd positions
-                out.append(self.special_id[part])
+                out.append([(part, self.special_id[part])])
                 continue
             normalized = self.charmap.fast_normalize(part)
-            words = [word for word in WHITESPACE.split(normalized) if word]
-            if "▁" in normalized:
+            if "▁" in normalized or NOT_WHITE_SPACE.search(normalized):
+                words = [word for word in WHITESPACE.split(normalized) if word]
                 words = [chunk for word in words for chunk in re.findall("▁[^▁]*", "▁" + word.removeprefix("▁"))]
-            else:
-                words = ["▁" + word for word in words]
-            if MAYBE_REPEAT.search(" ".join(words)):
-                words = [tuple(self.viterbi(word)) if REPEAT.search(word) else word for word in words]
-            out += words
+            else:  # the common case, in C: str.split splits on WHITESPACE here
+                words = ["▁" + word for word in normalized.split()]
+            joined = self.sep.join(words)
+            if self.maybe_repeat.search(joined) or self.sep in normalized:
+                words = [self.split_word[w] if REPEAT.search(w) or self.sep in w else w for w in words]
+                out += [self.sep.join(group) if for_sp else list(itertools.chain.from_iterable(group))
+                        for for_sp, group in itertools.groupby(words, lambda w: type(w) is str)]
+            elif joined:
+                out.append(joined)
         return out
 
     def decode(self, ids):
@@ -324,7 +332,7 @@ class CharMap:
 
     def fast_normalize(self, text):
         """`normalize` from the caches; character by character where each character is its own grapheme."""
-        if JOINERS.search(text) is None:
+        if text.isascii() and "\r" not in text or JOINERS.search(text) is None:
             return text.translate(self.by_code)
         return "".join(map(self.by_grapheme.__getitem__, GRAPHEME.findall(text)))
 
@@ -357,7 +365,7 @@ NORMAL, CONTROL = 1, 3  # piece types
 ADDED = ["<mask>", "<s>", "<pad>", "</s>", "<unk>"]  # the reference's specials, pieces of its vocabulary
 
 
-def for_our_words(model, pieces_end, fields):
+def for_our_words(model, pieces_end, fields, separator):
     """The model file rewritten so that sentencepiece splits our normalised words as the reference does:
     - a placeholder piece in front moves every piece one id up, to its fairseq id; sentencepiece's unknown moves to
       1 (the caller maps it to 3);
@@ -374,7 +382,7 @@ def for_our_words(model, pieces_end, fields):
     identity = (message_field(1, b"identity") + message_field(2, b"")  # name, precompiled_charsmap
                 + varint_field(3, 0) + varint_field(4, 0) + varint_field(5, 0))  # dummy prefix, extra and escaped ws
     return b"".join([message_field(1, piece("<fairseq offset>", CONTROL)), model[:pieces_end],
-                     *(message_field(1, piece(token, NORMAL)) for token in ADDED),
+                     *(message_field(1, piece(token, NORMAL)) for token in ADDED + [separator]),
                      message_field(2, trainer), message_field(3, identity)])
 
 
