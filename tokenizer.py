@@ -26,8 +26,13 @@ fast path (`__call__`, `encode`, `tokenize`) gives the same ids at sentencepiece
 - step 2 stays in Python, from caches: each distinct character or grapheme goes through the character map once, and
   a text in which every character is its own grapheme (most text) is mapped character by character by
   `str.translate`, without grapheme segmentation;
-- step 3's Viterbi runs in sentencepiece's C++, on our words, with the model file rewritten (`for_our_words`) so
-  that sentencepiece sees the words exactly as we give them and scores them as the reference does.
+- step 3's Viterbi search runs in sentencepiece's C++, one call for a whole batch, on the model file rewritten by
+  `for_our_words`: no normaliser of its own (it gets our normalised words), fairseq's ids, the reference's specials
+  as pieces, and a separator piece between the words of a text so that no piece spans two;
+- words in which a stretch repeats ("hahaha", "!!!", "1000000") are split by our Viterbi search instead: there,
+  splits with the same score are common, and sentencepiece, adding in float32, may keep another one than the
+  reference (see REPEAT).
+Loading asks sentencepiece for nothing per piece: `pieces` and `vocab` look pieces up when asked.
 """
 import collections.abc
 import functools
@@ -82,8 +87,10 @@ class Tokenizer:
         self.sp = sentencepiece.SentencePieceProcessor(model_proto=for_our_words(model, pieces_end, fields, self.sep))
         n = self.sp.get_piece_size() - len(ADDED) - 1  # the file's pieces and our placeholder: <mask> comes next
         self.sep_id = n + len(ADDED)
-        # in words joined by the separator: a character three times running, or a pair of characters twice (REPEAT)
-        self.maybe_repeat = re.compile(f"([^{self.sep}])\\1\\1|([^{self.sep}][^{self.sep}])[^{self.sep}]*?\\2")
+        # in words joined by the separator: a character three times running, or a pair of characters twice, as
+        # REPEAT needs (a cheaper search: REPEAT itself takes time in the square of a word's length)
+        c = f"[^{re.escape(self.sep)}]"
+        self.maybe_repeat = re.compile(f"({c})\\1\\1|({c}{c}){c}*?\\2")
 
         self.bos_token_id, self.pad_token_id, self.eos_token_id, self.unk_token_id = 0, 1, 2, 3
         self.mask_token_id = n
@@ -144,16 +151,22 @@ class Tokenizer:
         encoded = iter(self.sp.encode([item for row in items for item in row if type(item) is str]))
         rows = []
         for row in items:
-            ids = [self.bos_token_id]
-            for item in row:
-                ids += self.fairseq_ids(next(encoded)) if type(item) is str else [i for _, i in item]
-            rows.append(ids[:max_length - 1] + [self.eos_token_id])
+            if len(row) == 1 and type(row[0]) is str:  # the common case, a text of words for sentencepiece only
+                ids = self.fairseq_ids([self.bos_token_id, *next(encoded)])
+            else:
+                ids = [self.bos_token_id]
+                for item in row:
+                    ids += self.fairseq_ids(next(encoded)) if type(item) is str else [i for _, i in item]
+            if len(ids) >= max_length:
+                del ids[max_length - 1:]
+            ids.append(self.eos_token_id)
+            rows.append(ids)
         return rows
 
     def fairseq_ids(self, ids):
         """Sentencepiece's ids without the separators: fairseq's, but for its unknown and the specials added after
         <mask>."""
-        ids = list(filter(self.sep_id.__ne__, ids))
+        ids = [*filter(self.sep_id.__ne__, ids)]
         return ids if self.from_sp.keys().isdisjoint(ids) else [self.from_sp.get(i, i) for i in ids]
 
     def tokenize(self, text):
@@ -168,25 +181,29 @@ class Tokenizer:
         (a "▁" inside a word starts a new one), joined by the separator for sentencepiece to split. The special tokens
         of the text, and the words that sentencepiece might split otherwise than the reference (see REPEAT), come
         already split, as lists of (piece, id) pairs."""
+        if "<" not in text:  # no special token: the common case
+            return self.words_between_specials(text)
         out = []
-        for i, part in enumerate(self.specials.split(text) if "<" in text else [text]):
+        for i, part in enumerate(self.specials.split(text)):
             if i % 2:  # re.split puts the special-token strings at odd positions
                 out.append([(part, self.special_id[part])])
-                continue
-            normalized = self.charmap.fast_normalize(part)
-            if "▁" in normalized or NOT_WHITE_SPACE.search(normalized):
-                words = [word for word in WHITESPACE.split(normalized) if word]
-                words = [chunk for word in words for chunk in re.findall("▁[^▁]*", "▁" + word.removeprefix("▁"))]
-            else:  # the common case, in C: str.split splits on WHITESPACE here
-                words = ["▁" + word for word in normalized.split()]
-            joined = self.sep.join(words)
-            if self.maybe_repeat.search(joined) or self.sep in normalized:
-                words = [self.split_word[w] if REPEAT.search(w) or self.sep in w else w for w in words]
-                out += [self.sep.join(group) if for_sp else list(itertools.chain.from_iterable(group))
-                        for for_sp, group in itertools.groupby(words, lambda w: type(w) is str)]
-            elif joined:
-                out.append(joined)
+            else:
+                out += self.words_between_specials(part)
         return out
+
+    def words_between_specials(self, part):
+        normalized = self.charmap.fast_normalize(part)
+        if "▁" in normalized or NOT_WHITE_SPACE.search(normalized):
+            words = [word for word in WHITESPACE.split(normalized) if word]
+            words = [chunk for word in words for chunk in re.findall("▁[^▁]*", "▁" + word.removeprefix("▁"))]
+        else:  # the common case, in C: str.split splits on WHITESPACE here
+            words = ["▁" + word for word in normalized.split()]
+        joined = self.sep.join(words)
+        if self.maybe_repeat.search(joined) or self.sep in normalized:
+            words = [self.split_word[w] if REPEAT.search(w) or self.sep in w else w for w in words]
+            return [self.sep.join(group) if for_sp else list(itertools.chain.from_iterable(group))
+                    for for_sp, group in itertools.groupby(words, lambda w: type(w) is str)]
+        return [joined] if joined else []
 
     def decode(self, ids):
         """Text of a list (or 1-D tensor) of ids, skipping special tokens, as the reference's decode does."""
@@ -238,7 +255,7 @@ class Tokenizer:
         return pairs[::-1]
 
     @functools.cached_property
-    def longest_piece(self):  # the specials are shorter than "<mask>"
+    def longest_piece(self):  # the specials are shorter than "<mask>"; ~0.2 s for 250,000 pieces, on first use
         return max(len("<mask>"), *map(len, map(self.sp.id_to_piece, range(4, self.mask_token_id))))
 
     @functools.cached_property
@@ -274,7 +291,7 @@ class Vocab(collections.abc.Mapping):
     def get(self, piece, default=None):
         if piece in self.special_id:
             return self.special_id[piece], 0.0
-        i = self.sp.piece_to_id(piece)  # 0-3 for what is not a piece of the file (see for_our_words)
+        i = self.sp.piece_to_id(piece)  # below 4 or above <mask>: not a piece of the file (see for_our_words)
         return (i, self.sp.get_score(i)) if 4 <= i < self.size - 1 else default
 
     def __getitem__(self, piece):
@@ -394,10 +411,14 @@ def piece(text, type_, score=0.0):
 def model_fields(model):
     """Where the pieces of a serialized ModelProto end, and its other fields (number -> bytes). The pieces come first
     in the files sentencepiece writes, 250,000 of them in XLM-R's: a tight loop steps over them."""
-    i = 0
-    while i < len(model) and model[i] == 1 << 3 | 2:  # field 1, length-delimited
-        length, i = varint(model, i + 1)
-        i += length
+    i, end = 0, len(model)
+    while i < end and model[i] == 1 << 3 | 2:  # field 1, length-delimited
+        length = model[i + 1]
+        if length < 0x80:  # a one-byte length: nearly every piece
+            i += 2 + length
+        else:
+            length, i = varint(model, i + 1)
+            i += length
     fields = dict(protobuf_fields(model, i))
     if 1 in fields:
         raise ValueError("the model file's pieces are not all at its start; sentencepiece writes them there")
