@@ -148,7 +148,7 @@ class Tokenizer:
         if max_length < 2:
             raise ValueError(f"max_length must leave room for <s> and </s>, got {max_length}")
         items = [self.words(text) for text in texts]
-        encoded = iter(self.sp.encode([item for row in items for item in row if type(item) is str]))
+        encoded = iter(self.sp_encode([item for row in items for item in row if type(item) is str]))
         rows = []
         for row in items:
             if len(row) == 1 and type(row[0]) is str:  # the common case, a text of words for sentencepiece only
@@ -163,6 +163,13 @@ class Tokenizer:
             rows.append(ids)
         return rows
 
+    def sp_encode(self, strings, out_type=int):
+        """sentencepiece.encode of each string. Its batch call starts threads, ~0.1 ms: for a few strings, one call
+        each is quicker."""
+        if len(strings) < 32:
+            return [self.sp.encode(s, out_type=out_type) for s in strings]
+        return self.sp.encode(strings, out_type=out_type)
+
     def fairseq_ids(self, ids):
         """Sentencepiece's ids without the separators: fairseq's, but for its unknown and the specials added after
         <mask>."""
@@ -172,9 +179,11 @@ class Tokenizer:
     def tokenize(self, text):
         """The pieces of a text (no <s>, </s>, no truncation); an unknown stretch is shown as its own characters."""
         items = self.words(text)
-        encoded = iter(self.sp.encode([item for item in items if type(item) is str], out_type=str))
-        return [piece for item in items
-                for piece in ([p for p in next(encoded) if p != self.sep] if type(item) is str else [p for p, _ in item])]
+        encoded = iter(self.sp_encode([item for item in items if type(item) is str], out_type=str))
+        pieces = []
+        for item in items:
+            pieces += [p for p in next(encoded) if p != self.sep] if type(item) is str else [p for p, _ in item]
+        return pieces
 
     def words(self, text):
         """Steps 1-3 of the module docstring up to the Viterbi search: the normalised words, each with "▁" in front
@@ -238,8 +247,11 @@ class Tokenizer:
             if best[end] is None or score > best[end][0]:
                 best[end] = (score, start, id_)
 
+        # pieces to try are at most this long: any bound from the longest piece up gives the same split, and finding
+        # the longest piece of 250,000 takes a while, which a short chunk need not wait for
+        longest = len(chunk) if len(chunk) <= 64 else self.longest_piece
         for start in range(len(chunk)):
-            for end in range(start + 1, min(start + self.longest_piece, len(chunk)) + 1):
+            for end in range(start + 1, min(start + longest, len(chunk)) + 1):
                 if (piece := self.vocab.get(chunk[start:end])) is not None:
                     offer(start, end, piece[0], best[start][0] + piece[1])
             if chunk[start] not in self.vocab:
@@ -255,7 +267,7 @@ class Tokenizer:
         return pairs[::-1]
 
     @functools.cached_property
-    def longest_piece(self):  # the specials are shorter than "<mask>"; ~0.2 s for 250,000 pieces, on first use
+    def longest_piece(self):  # the specials are shorter than "<mask>"
         return max(len("<mask>"), *map(len, map(self.sp.id_to_piece, range(4, self.mask_token_id))))
 
     @functools.cached_property

@@ -1,30 +1,34 @@
 """Tokenizer benchmark: ours against `sentencepiece.encode` and the reference (transformers' XLMRobertaTokenizer),
 same run, on a 250,000-piece model (BAAI/AltCLIP's vocabulary size) and 10,000 zero-shot captions.
 
-    python bench/tokenizer.py             # builds bench/out/tokenizer-250k/ once (~20 s), then measures
+    python bench/tokenizer.py             # builds bench/out/tokenizer-250k/ once (~5 s), then measures (~1.5 min)
     python bench/tokenizer.py --repeats 3 --rebuild
 
-What it measures, in one process, medians of `--repeats` interleaved repeats:
+What it measures, in one process, medians of `--repeats` interleaved repeats, wall and CPU time:
 - **load**: `Tokenizer(path)`, `SentencePieceProcessor(model_file=path)` and
-  `XLMRobertaTokenizer.from_pretrained(folder)` (the reference converts the model file to HF `tokenizers` once per
-  load, which is why it is slow);
+  `XLMRobertaTokenizer.from_pretrained(folder)` (the reference converts the model file to HF `tokenizers` on load);
 - **10,000 captions**: `tok(captions)` (ids and mask as (B, L) tensors, like the reference's
-  `return_tensors="pt"`), `sp.encode(captions)` (ids only; sentencepiece's batch call, which uses all cores by
-  default, as ours does inside) and the reference's `tok(captions, padding=True, return_tensors="pt")`.
-Before any timing the ids of all three are compared on every caption (sentencepiece's mapped to fairseq's layout,
-+1 and 0 -> 3): ours must equal the reference's exactly, and the written-out Python path (`Tokenizer.split`) must
-agree on a sample. The script stops if they do not.
+  `return_tensors="pt"`), `tok.encode_batch(captions)` (ids only), `sp.encode(captions)` (ids only;
+  sentencepiece's batch call, which uses every core by default, as ours does inside; and with one thread) and the
+  reference's `tok(captions, padding=True, truncation=True, return_tensors="pt")`.
+Before any timing the ids are compared: ours must equal the reference's on every caption, and those of our
+written-out definition (`Tokenizer.split`) on a sample, or the script stops. Plain sentencepiece, mapped to
+fairseq's layout (+1, 0 -> 3), is only counted: it differs by design in the corners tokenizer.py lists.
 
 The model (bench/out/tokenizer-250k/sentencepiece.bpe.model, git-ignored): a unigram model trained by
 sentencepiece on the tests' multilingual corpus plus the captions (a few thousand pieces, nmt_nfkc normaliser,
 sentencepiece's own precompiled character map), then extended to 250,000 pieces with made-up ones: strings of 1-8
 characters drawn from the scripts the captions use, 70% with a leading "▁", scores below the trained pieces'.
 Made-up pieces do not make the ids meaningful, but they make the vocabulary, the trie and the model file the size
-of XLM-R's (the file is ~4.6 MB; XLM-R's is 5.1 MB), which is what loading and encoding time depend on.
+of XLM-R's (the file is 6.3 MB; XLM-R's is 5.1 MB), which is what loading and encoding time depend on. How
+long sentencepiece takes to load 250,000 pieces depends on them (its trie is built on load): these random ones take
+it about as long as pieces made by a character-level Markov chain over the corpus, several times as long as
+numbered pieces ("▁w123").
 
 The captions: CLIP-style zero-shot templates in nine languages (English, German, French, Spanish, Chinese,
-Japanese, Russian, Korean, Arabic) filled with 25 class names each; 10,000 drawn with a fixed seed from the ~2,000
-combinations, so some repeat (none of the three caches whole texts; HF tokenizers caches words).
+Japanese, Russian, Korean, Arabic) filled with 25 class names each; 10,000 drawn with a fixed seed from the 1,575
+combinations, so some repeat. None of the three caches whole texts; HF tokenizers caches words, ours the
+normalisation of each character or grapheme and the words it splits in Python.
 """
 from __future__ import annotations
 
@@ -216,16 +220,18 @@ def check_ids(tok, sp, ref, texts: list[str], sample: int) -> dict:
             "sentencepiece_differs": sum(a != b for a, b in zip(plain, rows))}
 
 
-def interleaved(fns: dict, repeats: int) -> dict[str, list[float]]:
-    """Seconds per call of each function, alternating between them, after one unmeasured call of each."""
+def interleaved(fns: dict, repeats: int) -> dict[str, dict[str, list[float]]]:
+    """Wall and CPU seconds (this process, all its threads) per call of each function, alternating between them,
+    after one unmeasured call of each. On a busy machine the CPU time moves less than the wall time."""
     for fn in fns.values():
         fn()
-    times = {name: [] for name in fns}
+    times = {name: {"wall": [], "cpu": []} for name in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             fn()
-            times[name].append(time.perf_counter() - t0)
+            times[name]["wall"].append(time.perf_counter() - t0)
+            times[name]["cpu"].append(time.process_time() - c0)
     return times
 
 
@@ -270,9 +276,6 @@ def main(argv=None):
     }, args.repeats)
     info["loadavg_end"] = loadavg()
 
-    med = {("load", k): statistics.median(v) for k, v in load.items()}
-    med |= {("encode", k): statistics.median(v) for k, v in encode.items()}
-    sp_load, sp_enc = med["load", "sentencepiece"], med["encode", "sentencepiece"]
     lines = [
         f"Tokenizer benchmark, `{' '.join(['python bench/tokenizer.py', *argv])}`",
         "",
@@ -283,17 +286,18 @@ def main(argv=None):
         f"- {len(texts):,} captions ({sum(map(len, texts)) / len(texts):.0f} characters on average, 9 languages); "
         f"ids: ours equal to the reference on all of them, to our written-out definition on "
         f"{ids['definition_checked']}; plain sentencepiece (+1, 0 -> 3) differs on {ids['sentencepiece_differs']}",
-        f"- medians of {args.repeats} interleaved repeats, wall time",
+        f"- medians of {args.repeats} interleaved repeats; CPU time is this process's, all threads (sentencepiece's "
+        f"batch call uses every core)",
         "",
-        "| measure | seconds | ours / sentencepiece | ours / reference |",
-        "|---|---:|---:|---:|",
+        "| measure | wall s | ÷ sentencepiece | ÷ reference | CPU s | ÷ sentencepiece |",
+        "|---|---:|---:|---:|---:|---:|",
     ]
-    for kind, label in (("load", f"load the {tok.vocab_size:,}-id model"), ("encode", f"{len(texts):,} captions")):
-        for name in (load if kind == "load" else encode):
-            s = med[kind, name]
-            vs_sp = f"{s / (sp_load if kind == 'load' else sp_enc):.2f}×"
-            vs_ref = f"{s / med[kind, 'reference']:.2f}×"
-            lines.append(f"| {label}: {name} | {s:.3f} | {vs_sp} | {vs_ref} |")
+    for what, label in ((load, f"load the {tok.vocab_size:,}-id model"), (encode, f"{len(texts):,} captions")):
+        med = {name: {k: statistics.median(v) for k, v in t.items()} for name, t in what.items()}
+        sp_, ref_ = med["sentencepiece"], med["reference"]
+        for name, m in med.items():
+            lines.append(f"| {label}: {name} | {m['wall']:.3f} | {m['wall'] / sp_['wall']:.2f}× | "
+                         f"{m['wall'] / ref_['wall']:.2f}× | {m['cpu']:.3f} | {m['cpu'] / sp_['cpu']:.2f}× |")
     text = "\n".join(lines) + "\n"
     print(text)
     args.out.parent.mkdir(parents=True, exist_ok=True)

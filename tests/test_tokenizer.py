@@ -165,7 +165,7 @@ SCRIPTS = {
     "latin": "abcdefghijklmnopqrstuvwxyzABCXYZàéîõüçñßøåæœÀÉ0123456789.,;:!?'\"()-/%&",
     "marks": "\u0300\u0301\u0302\u0303\u0308\u030a\u0323\u0327\u093c\u094d\u0e31\u0e48\u064e\u0651\u3099\u309a"
              "\uff9e\uff9f\u200c\u200d\ufe0f\u20dd\U0001f3fb\U0001f3fd",
-    "spacing_marks_prepend": "\u0903\u093e\u0940\u0e33\u0600\u0605\u110bd\u0d4e",
+    "spacing_marks_prepend": "\u0903\u093e\u0940\u0e33\u0600\u0605\U000110bd\u0d4e",
     "cyrillic_greek": "абвгдеёжзийклмнопрстуфхцчшщъыьэюяАБВЯαβγδεζηθικλμνξοπρστυφχψωΩάέΐ",
     "arabic_hebrew": "ابتثجحخدذرزسشصضطظعغفقكلمنهوي\u064b\u0650ءآأؤإئשלוםעברית",
     "indic_thai": "कखगघचछजझटठडढतथदधनपफबभमयरलवशसह\u093f\u0947\u094dกขคงจฉชซญดตถทนบปผพฟภมยรลวสหอฮ\u0e34\u0e38",
