@@ -399,7 +399,8 @@ def for_our_words(model, pieces_end, fields, separator):
     - a placeholder piece in front moves every piece one id up, to its fairseq id; sentencepiece's unknown moves to
       1 (the caller maps it to 3);
     - the reference's special tokens are ordinary pieces of its vocabulary, with score 0: they are added at the end
-      as such, <mask> first so that its id is fairseq's (the caller maps the others to 0-3);
+      as such, <mask> first so that its id is fairseq's (the caller maps the others to 0-3), then the separator that
+      the caller puts between words;
     - unigram and no byte fallback, whatever the file says: the reference reads every model file that way;
     - the identity normaliser, with no "▁" added in front and no whitespace removed: our words are normalised and
       split already, and sentencepiece must see them as they are. The self-test samples and the denormaliser go:
