@@ -4,6 +4,7 @@ Load BAAI/AltCLIP checkpoints (and the rest of the family: AltCLIP-m9, AltCLIP-m
     model = load_pretrained("BAAI/AltCLIP")               # hub repo id, through the huggingface_hub cache
     model = load_pretrained("/path/to/AltCLIP", dtype=torch.bfloat16)   # a local folder
     python load_weights.py BAAI/AltCLIP --to-safetensors ./altclip-st   # convert the hub's .bin once, load fast after
+    save_pretrained(model, "./my-altclip")                # ours → the same layout (train.py saves with it)
 
 The checkpoint's tensor names are the reference implementation's module paths. NAME_MAP below is the whole mapping
 to our module names, DROPPED lists what is deliberately ignored and FUSED what is transformed on the way in.
@@ -23,6 +24,7 @@ import shutil
 import sys
 import warnings
 import zipfile
+from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
@@ -459,6 +461,73 @@ def to_safetensors(source: str | Path, out: str | Path) -> Path:
         if (folder / name).exists():
             shutil.copyfile(folder / name, out / name)
     return out
+
+
+# -----------------------------------------------------------------------------
+# Saving: our model → a folder in BAAI/AltCLIP's layout, the exact inverse of NAME_MAP and FUSED, so that
+# load_pretrained, the command line and the reference (transformers.AltCLIPModel) all load it.
+
+_INVERSE = [(_pattern(ours), ckpt) for ckpt, ours in NAME_MAP.items()]
+_INVERSE_FUSED = [(_pattern(ours), parts) for ours, parts in FUSED.items()]
+
+# CLIP's image preprocessing, in the reference's CLIPImageProcessor terms (resample 3 = PIL bicubic); the crop is
+# the model's image_size.
+PREPROCESSOR = dict(image_processor_type="CLIPImageProcessor", do_convert_rgb=True, do_resize=True, resample=3,
+                    do_center_crop=True, do_rescale=True, rescale_factor=1 / 255, do_normalize=True,
+                    image_mean=[0.48145466, 0.4578275, 0.40821073], image_std=[0.26862954, 0.26130258, 0.27577711])
+
+
+def checkpoint_tensors(model: AltCLIP) -> dict[str, torch.Tensor]:
+    """Our parameters under the checkpoint's names: NAME_MAP read backwards, fused q/k/v split into q, k and v.
+    A parameter that no rule maps is an error naming it: a checkpoint missing it would not load."""
+    tensors, unmapped = {}, []
+    for name, t in model.state_dict().items():
+        t = t.detach().cpu()
+        for regex, ckpt in _INVERSE:
+            if m := regex.match(name):
+                tensors[ckpt.format(**m.groupdict())] = t.clone()
+                break
+        else:
+            for regex, parts in _INVERSE_FUSED:
+                if m := regex.match(name):
+                    for part, piece in zip(parts, t.chunk(3)):  # (3C, …) → q, k, v, each (C, …)
+                        tensors[part.format(**m.groupdict())] = piece.clone()  # own storage: safetensors refuses views
+                    break
+            else:
+                unmapped.append(name)
+    if unmapped:
+        raise CheckpointError(f"{len(unmapped)} parameter(s) of the model have no checkpoint name in NAME_MAP or "
+                              f"FUSED: {_listing(unmapped)}")
+    return tensors
+
+
+def config_dict(model: AltCLIP) -> dict:
+    """config.json in the reference's AltCLIPConfig layout, every field we read written out."""
+    cfg = model.config
+    text = {f.name: getattr(cfg.text, f.name) for f in fields(cfg.text)}
+    vision = {f.name: getattr(cfg.vision, f.name) for f in fields(cfg.vision)}
+    return {"architectures": ["AltCLIPModel"], "model_type": "altclip", "dtype": str(model.dtype).split(".")[-1],
+            "projection_dim": cfg.projection_dim, "logit_scale_init_value": cfg.logit_scale_init_value,
+            "text_config": {"model_type": "altclip_text_model", **text, "bos_token_id": 0, "eos_token_id": 2},
+            "vision_config": {"model_type": "altclip_vision_model", **vision}}
+
+
+def save_pretrained(model: AltCLIP, folder: str | Path) -> Path:
+    """Write `model` into `folder`: config.json, model.safetensors (the checkpoint's names, the model's dtype) and
+    preprocessor_config.json. The tokenizer files are the caller's (a sentencepiece.bpe.model and its JSON files)."""
+    from safetensors.torch import save_file
+
+    if model.onednn:
+        raise ValueError("save_pretrained needs the plain model: its linears were packed for oneDNN at load time")
+    tensors = checkpoint_tensors(model)
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, folder / "model.safetensors", metadata={"format": "pt"})
+    (folder / "config.json").write_text(json.dumps(config_dict(model), indent=2) + "\n")
+    size = model.config.vision.image_size
+    preprocessor = {**PREPROCESSOR, "size": {"shortest_edge": size}, "crop_size": {"height": size, "width": size}}
+    (folder / "preprocessor_config.json").write_text(json.dumps(preprocessor, indent=2) + "\n")
+    return folder
 
 
 def main(argv=None):

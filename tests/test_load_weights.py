@@ -401,3 +401,81 @@ def test_unreachable_hub_fails_at_once(tmp_path, monkeypatch):
     with pytest.raises(OSError, match=r"cannot reach the Hugging Face Hub to download BAAI/AltCLIP.*--model"):
         load_pretrained("BAAI/AltCLIP")
     assert len(tries) == 1 and time.perf_counter() - start < 2
+
+
+# --- saving: our model → BAAI/AltCLIP's layout ------------------------------------------------------------------
+
+
+def ours_random(seed=3):
+    """Our AltCLIP at a small, non-default geometry (patch 32, odd widths, its own eps), every weight perturbed."""
+    from altclip import AltCLIP, config_from_dict
+
+    cfg = config_from_dict({
+        "text_config": dict(vocab_size=700, hidden_size=48, intermediate_size=80, num_hidden_layers=3,
+                            num_attention_heads=3, max_position_embeddings=40, project_dim=56, layer_norm_eps=1e-6),
+        "vision_config": dict(hidden_size=40, intermediate_size=72, num_hidden_layers=2, num_attention_heads=5,
+                              image_size=224, patch_size=32, layer_norm_eps=1e-6),
+        "projection_dim": 24, "logit_scale_init_value": 2.0})
+    torch.manual_seed(seed)
+    model = AltCLIP(cfg).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    return model
+
+
+def small_logits(model):
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(4, 700, (3, 11), generator=g)
+    ids[:, 0], ids[:, -1] = 0, 2
+    mask = torch.ones_like(ids)
+    ids[2, 7:], mask[2, 7:] = 1, 0  # one padded text
+    ids[2, 6] = 2
+    px = torch.randn(2, 3, 224, 224, generator=g)
+    with torch.no_grad():
+        return model(input_ids=ids, attention_mask=mask, pixel_values=px).logits_per_image
+
+
+def test_saved_model_loads_in_the_reference_with_equal_logits(tmp_path):
+    from transformers import AltCLIPModel
+
+    ours = ours_random()
+    folder = load_weights.save_pretrained(ours, tmp_path / "ckpt")
+    ref, info = AltCLIPModel.from_pretrained(folder, output_loading_info=True)
+    assert not any(info.values()), info  # nothing missing, unexpected or mis-shaped: no weight left at random
+    ref.eval()
+    assert ref.config.vision_config.patch_size == 32 and ref.config.text_config.layer_norm_eps == 1e-6
+    torch.testing.assert_close(small_logits(ref), small_logits(ours), atol=1e-5, rtol=0)
+    assert sorted(p.name for p in folder.iterdir()) == ["config.json", "model.safetensors",
+                                                        "preprocessor_config.json"]
+
+
+def test_saved_preprocessor_config_matches_our_preprocessing(tmp_path):
+    from PIL import Image
+    from transformers import CLIPImageProcessor
+
+    from altclip import preprocess
+
+    folder = load_weights.save_pretrained(ours_random(), tmp_path)
+    image = Image.fromarray(torch.randint(0, 256, (300, 180, 3), dtype=torch.uint8,
+                                          generator=torch.Generator().manual_seed(0)).numpy())
+    theirs = CLIPImageProcessor.from_pretrained(folder)(image, return_tensors="pt")["pixel_values"]
+    torch.testing.assert_close(theirs, preprocess(image), atol=1e-5, rtol=0)
+
+
+def test_save_then_load_pretrained_is_bit_identical(tmp_path):
+    ours = ours_random()
+    loaded = load_pretrained(load_weights.save_pretrained(ours, tmp_path))
+    assert loaded.config == ours.config
+    mine, back = ours.state_dict(), loaded.state_dict()
+    assert mine.keys() == back.keys()
+    for name in mine:
+        assert torch.equal(mine[name], back[name]), name
+
+
+def test_save_names_a_parameter_it_cannot_map(tmp_path):
+    ours = ours_random()
+    ours.text_model.extra_head = torch.nn.Linear(2, 2)
+    with pytest.raises(CheckpointError, match=r"no checkpoint name.*text_model\.extra_head\.weight"):
+        load_weights.save_pretrained(ours, tmp_path)
+    assert not (tmp_path / "model.safetensors").exists()

@@ -1,0 +1,620 @@
+"""
+Train a mini AltCLIP on generated coloured shapes with the paper's recipe, in minutes on a CPU.
+
+Chen et al., "AltCLIP: Altering the Language Encoder in CLIP for Extended Language Capabilities", 2022
+(https://arxiv.org/abs/2211.06679), Methodology: CLIP's image tower is kept, its text tower is the *teacher* of a
+multilingual XLM-R student, in two stages. Here everything is `altclip.AltCLIP` at a small width, and the world is
+shapes.py's (one coloured shape per image, captions in ten languages):
+
+  stage 0  a CLIP stand-in, since there is no OpenAI CLIP of this world: image tower + text tower trained from
+           scratch with CLIP's contrastive loss on English captions only. It is the teacher.
+  stage 1  teacher learning (text only, not one image): a fresh text tower (XLM-R architecture, a sentencepiece
+           unigram tokenizer trained on the captions of all ten languages) learns to put every caption where the
+           teacher puts its English version: MSE on the <s> output through pre_LN + transformation. The image
+           tower, text_projection and logit_scale are the teacher's, unchanged.
+  stage 2  contrastive learning on (image, caption in any language) pairs, the image tower frozen.
+
+After each stage the model is tested on a freshly generated test set (all 36 classes, 8 of them never seen in
+training): zero-shot top-1 per language, the same on the held-out classes alone, and text↔image recall@1. The
+result is saved in BAAI/AltCLIP's layout, so load_weights.load_pretrained, `python altclip.py --model DIR` and
+transformers' AltCLIPModel all load it.
+
+    python train.py --out examples/mini-altclip                   # the whole recipe, ≤ 15 min on 2 CPU cores
+    python train.py --eval examples/mini-altclip --seed 7 --json scores.json   # a fresh test set from seed 7
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import math
+import os
+import random
+import re
+import sys
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+# Threads that wait for work sleep instead of spinning: on a CPU shared with other processes, spinning OpenMP
+# threads made every small op here wait for a descheduled partner (5-7x slower steps). Read when torch loads OpenMP.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from PIL import Image  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+import shapes  # noqa: E402
+from altclip import CLIP_MEAN, CLIP_STD, AltCLIP, AltCLIPConfig, TextConfig, VisionConfig  # noqa: E402
+from load_weights import CheckpointError, load_pretrained, save_pretrained  # noqa: E402
+from tokenizer import MODEL_FILE, Tokenizer  # noqa: E402
+
+# -----------------------------------------------------------------------------
+# The recipe's sizes and schedule. The defaults made examples/mini-altclip.
+
+
+@dataclass(frozen=True)
+class Recipe:
+    # towers: the image tower reads the 224 px images resized to 112 px, in 16 px patches (7 × 7 + 1 tokens)
+    image_size: int = 112
+    patch_size: int = 16
+    vision_width: int = 96
+    vision_layers: int = 3
+    text_width: int = 96  # the teacher's text tower, and the width of its text representation (project_dim)
+    text_layers: int = 2
+    student_width: int = 96  # the student's own width; its transformation maps it to the teacher's text_width
+    student_layers: int = 3
+    heads: int = 4
+    projection_dim: int = 64
+    vocab_size: int = 1000  # asked of sentencepiece; a small corpus may give fewer pieces
+    max_positions: int = 66  # 64 tokens per text (positions 0 and 1 are taken by the padding offset)
+    # data: stage 0 and stage 2 train on different images; stage 1 sees none
+    images0: int = 8000
+    images2: int = 4000
+    tokenizer_scenes: int = 4000  # scenes whose captions, in every language, train the tokenizer
+    test_per_class: int = 20  # 36 classes × 20 = 720 test images
+    # schedule: AdamW, linear warm-up, cosine decay to zero
+    steps0: int = 600
+    batch0: int = 128
+    lr0: float = 2e-3
+    steps1: int = 1500
+    batch1: int = 32  # scenes per step, each in all ten languages: 320 captions
+    lr1: float = 1e-3
+    steps2: int = 300
+    batch2: int = 256
+    lr2: float = 3e-4
+    warmup: float = 0.05  # fraction of each stage's steps
+    weight_decay: float = 0.05
+
+
+SMOKE = Recipe(image_size=56, patch_size=14, vision_width=16, vision_layers=1, text_width=16, text_layers=1, student_width=24,
+               student_layers=1, heads=2, projection_dim=8, vocab_size=300, images0=48, images2=32,
+               tokenizer_scenes=200, test_per_class=2, steps0=3, batch0=16, steps1=3, batch1=4, steps2=3, batch2=16)
+
+TRAIN_SEED, TEST_SEED = 0, 1  # the test set is generated from its own seed, never the training one
+STAGES = {"stage0": "0: teacher (CLIP stand-in)", "stage1": "1: teacher learning", "stage2": "2: contrastive"}
+
+
+# -----------------------------------------------------------------------------
+# The two losses, as the paper writes them.
+
+
+def contrastive_loss(text_embeds, image_embeds, logit_scale):
+    """CLIP's symmetric InfoNCE (Radford et al. 2021, Figure 3), which AltCLIP's contrastive learning stage uses:
+    logits = exp(t) · T̂ Îᵀ with T̂, Î the L2-normalised embeddings of B matching pairs, and
+    L = ½ [CE(logits, diag) + CE(logitsᵀ, diag)]: each text picks its image among B, and each image its text."""
+    t, i = F.normalize(text_embeds, dim=-1), F.normalize(image_embeds, dim=-1)
+    logits = logit_scale.exp() * t @ i.t()  # (B texts, B images)
+    target = torch.arange(len(logits))
+    return (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target)) / 2
+
+
+def teacher_learning_loss(student, teacher):
+    """AltCLIP's teacher learning stage: L = mean over the batch and the d dimensions of (s − t)², where s is the
+    student's <s> output (through pre_LN + transformation) for a caption in any language and t the teacher's text
+    representation, before projection, of the English caption it translates."""
+    return ((student - teacher) ** 2).mean()
+
+
+# -----------------------------------------------------------------------------
+# Data: scenes, their images and captions (shapes.py), tokens.
+
+
+def render(scenes, size: int):
+    """Scenes → uint8 (N, 3, size, size): drawn at 224 px by shapes.py, then resized the way altclip.preprocess
+    resizes a 224 px image file for a model of `size` px (PIL bicubic), so that training sees what
+    `python altclip.py image.png …` shows the model."""
+    if size == shapes.IMAGE_SIZE:
+        return shapes.make_images(scenes)
+    out = torch.empty(len(scenes), 3, size, size, dtype=torch.uint8)
+    for k, scene in enumerate(scenes):
+        out[k] = torch.from_numpy(np.array(shapes.render(scene).resize((size, size), Image.BICUBIC))).permute(2, 0, 1)
+    return out
+
+
+def pixel_values(images):
+    """uint8 (B, 3, S, S) → what altclip.preprocess makes of the same S × S image (its resize and crop are then the
+    identity): scaled to [0, 1], normalised with CLIP's mean and std."""
+    mean, std = torch.tensor(CLIP_MEAN).view(3, 1, 1), torch.tensor(CLIP_STD).view(3, 1, 1)
+    return (images.float() / 255 - mean) / std
+
+
+class Captions:
+    """Captions → padded token ids. The captions of this world repeat a lot, so each distinct one is tokenized once."""
+
+    def __init__(self, tokenizer: Tokenizer):
+        self.tokenizer, self.ids = tokenizer, {}
+
+    def __call__(self, texts):
+        rows = [self.ids.get(t) or self.ids.setdefault(t, self.tokenizer.encode(t)) for t in texts]
+        input_ids = torch.full((len(rows), max(map(len, rows))), self.tokenizer.pad_token_id)
+        mask = torch.zeros_like(input_ids)
+        for k, row in enumerate(rows):
+            input_ids[k, :len(row)], mask[k, :len(row)] = torch.tensor(row), 1
+        return input_ids, mask
+
+
+# Chinese and Japanese script (CJK ideographs, hiragana, katakana): written without spaces between words.
+UNSPACED = re.compile("([\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff])")
+
+
+def train_tokenizer(texts, folder: Path, vocab_size: int, max_length: int) -> Tokenizer:
+    """A sentencepiece unigram model like XLM-R's (nmt_nfkc normalisation, every character a piece), trained on
+    `texts` and saved as sentencepiece.bpe.model with the reference's tokenizer files beside it.
+
+    Chinese and Japanese characters are learned one by one: in so small and repetitive a corpus the trainer would
+    otherwise take whole phrases ("赤い丸", red circle) as single pieces, and a colour-shape pair never seen in
+    training would share no piece with the seen ones. (XLM-R, trained on 2.5 TB, splits these scripts mostly into
+    characters and short words.) The texts are tokenized as they are; only the trainer sees the spaces."""
+    import sentencepiece as spm
+
+    texts = [" ".join(UNSPACED.sub(r" \1 ", text).split()) for text in texts]
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(texts), model_writer=model, model_type="unigram",
+                                   vocab_size=vocab_size, hard_vocab_limit=False, character_coverage=1.0,
+                                   normalization_rule_name="nmt_nfkc", num_threads=1,  # one thread: deterministic
+                                   minloglevel=2)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / MODEL_FILE).write_bytes(model.getvalue())
+    write_tokenizer_config(folder, max_length)
+    return Tokenizer(folder / MODEL_FILE, model_max_length=max_length)
+
+
+def write_tokenizer_config(folder: Path, max_length: int):
+    (folder / "tokenizer_config.json").write_text(json.dumps(
+        {"tokenizer_class": "XLMRobertaTokenizer", "model_max_length": max_length}, indent=2) + "\n")
+    (folder / "special_tokens_map.json").write_text(json.dumps(
+        {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "sep_token": "</s>", "pad_token": "<pad>",
+         "cls_token": "<s>", "mask_token": "<mask>"}, indent=2) + "\n")
+
+
+@dataclass
+class TestSet:
+    scenes: list  # per_class rounds of the 36 classes in CLASSES order: scene k belongs to class k % 36
+    images: torch.Tensor  # (N, 3, S, S) uint8, S the model's image size
+    captions: list  # per scene, {lang: caption}
+    seed: int
+
+
+def make_test_set(seed: int, per_class: int, image_size: int) -> TestSet:
+    """All 36 classes, held-out ones included, `per_class` images each, generated afresh from `seed`."""
+    rng = random.Random(seed)
+    scenes, caps = [], []
+    for _ in range(per_class):
+        for cls in shapes.CLASSES:
+            scenes.append(shapes.sample_scene(rng, [cls]))
+            caps.append(shapes.captions(scenes[-1], rng))
+    return TestSet(scenes, render(scenes, image_size), caps, seed)
+
+
+# -----------------------------------------------------------------------------
+# Evaluation: zero-shot classification per language, and retrieval.
+
+
+@torch.no_grad()
+def image_features(model: AltCLIP, images, batch=128):
+    """uint8 images → L2-normalised image embeddings (N, projection_dim)."""
+    out = [model.get_image_features(pixel_values(images[k:k + batch])) for k in range(0, len(images), batch)]
+    return F.normalize(torch.cat(out), dim=-1)
+
+
+@torch.no_grad()
+def text_features(model: AltCLIP, captions: Captions, texts, batch=512):
+    out = [model.get_text_features(*captions(texts[k:k + batch])) for k in range(0, len(texts), batch)]
+    return F.normalize(torch.cat(out), dim=-1)
+
+
+def evaluate(model: AltCLIP, tokenizer: Tokenizer, test: TestSet, captions: Captions | None = None) -> dict:
+    """Zero-shot top-1 per language among the 36 class labels (all images, and the held-out classes' images alone),
+    and recall@1 both ways within rounds of 36 image-caption pairs, one per class (chance 1/36 for each)."""
+    model.eval()
+    captions = captions or Captions(tokenizer)
+    n_classes = len(shapes.CLASSES)
+    images = image_features(model, test.images)  # (N, P)
+    truth = torch.arange(len(images)) % n_classes
+    unseen = torch.tensor([tuple(c) in shapes.HELD_OUT for c in shapes.CLASSES])[truth]
+    labels = {lang: [shapes.label(c, s, lang) for c, s in shapes.CLASSES] for lang in shapes.LANGUAGES}
+    top1, top1_unseen, t2i, i2t = {}, {}, {}, {}
+    for lang in shapes.LANGUAGES:
+        guess = (images @ text_features(model, captions, labels[lang]).t()).argmax(dim=1)  # (N,)
+        top1[lang] = (guess == truth).float().mean().item()
+        top1_unseen[lang] = (guess == truth)[unseen].float().mean().item()
+        texts = text_features(model, captions, [c[lang] for c in test.captions])  # (N, P)
+        sim = torch.einsum("rip,rjp->rij", texts.view(-1, n_classes, texts.shape[-1]),
+                           images.view(-1, n_classes, images.shape[-1]))  # (rounds, 36 texts, 36 images)
+        target = torch.arange(n_classes)
+        t2i[lang] = (sim.argmax(dim=2) == target).float().mean().item()
+        i2t[lang] = (sim.argmax(dim=1) == target).float().mean().item()
+    return {"classes": n_classes, "chance": 1 / n_classes, "languages": list(shapes.LANGUAGES), "labels": labels,
+            "zero_shot_top1": top1, "zero_shot_top1_unseen": top1_unseen,
+            "recall_at_1": {"text_to_image": t2i, "image_to_text": i2t},
+            "test_set": {"seed": test.seed, "images": len(images), "unseen_images": int(unseen.sum())}}
+
+
+def format_table(stages: dict) -> str:
+    """The paper's kind of table: one row per stage, one column per language, for each measure."""
+    langs = shapes.LANGUAGES
+    first = next(iter(stages.values()))
+    lines = []
+    for title, get in [(f"zero-shot top-1, {first['classes']} classes (chance {first['chance']:.3f})",
+                        lambda r: r["zero_shot_top1"]),
+                       ("zero-shot top-1 on the held-out classes (never seen in training)",
+                        lambda r: r["zero_shot_top1_unseen"]),
+                       ("recall@1 text → image (rounds of 36 pairs)", lambda r: r["recall_at_1"]["text_to_image"]),
+                       ("recall@1 image → text (rounds of 36 pairs)", lambda r: r["recall_at_1"]["image_to_text"])]:
+        lines += [title, f"{'stage':<28}" + "".join(f"{lang:>6}" for lang in langs)]
+        for name, result in stages.items():
+            lines.append(f"{STAGES.get(name, name):<28}" + "".join(f"{get(result)[lang]:6.2f}" for lang in langs))
+        lines.append("")
+    return "\n".join(lines)
+
+
+# -----------------------------------------------------------------------------
+# Optimisation, shared by the stages.
+
+
+def optimise(params, steps: int, lr: float, recipe: Recipe, loss_fn, desc: str, after_step=None) -> list:
+    """AdamW on `params` for `steps` steps of `loss_fn(step)`, with linear warm-up then cosine decay to zero; weight
+    decay on matrices only (not on biases, LayerNorm weights, embeddings of one vector or the temperature).
+    Returns the loss of every step."""
+    params = list(params)
+    groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": recipe.weight_decay},
+              {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
+    opt = torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.98), eps=1e-6)
+    warmup = max(1, round(recipe.warmup * steps))
+
+    def schedule(step):
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
+    history = []
+    bar = tqdm(range(steps), desc=desc, file=sys.stderr, unit="step", dynamic_ncols=True)
+    for step in bar:
+        loss = loss_fn(step)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        scheduler.step()
+        if after_step:
+            after_step()
+        history.append(loss.item())
+        if step % 10 == 0 or step == steps - 1:
+            bar.set_postfix(loss=f"{history[-1]:.4f}")
+    return history
+
+
+def freeze(*modules):
+    for m in modules:
+        for p in (m.parameters() if isinstance(m, torch.nn.Module) else [m]):
+            p.requires_grad_(False)
+
+
+# -----------------------------------------------------------------------------
+# The stages.
+
+
+def new_teacher(recipe: Recipe, vocab_size: int) -> AltCLIP:
+    """An AltCLIP of the recipe's size at random: the CLIP stand-in that stage 0 trains."""
+    vision = VisionConfig(image_size=recipe.image_size, patch_size=recipe.patch_size, hidden_size=recipe.vision_width,
+                          intermediate_size=4 * recipe.vision_width, num_hidden_layers=recipe.vision_layers,
+                          num_attention_heads=recipe.heads)
+    text = TextConfig(vocab_size=vocab_size, hidden_size=recipe.text_width, intermediate_size=4 * recipe.text_width,
+                      num_hidden_layers=recipe.text_layers, num_attention_heads=recipe.heads,
+                      max_position_embeddings=recipe.max_positions, project_dim=recipe.text_width)
+    return AltCLIP(AltCLIPConfig(text=text, vision=vision, projection_dim=recipe.projection_dim))
+
+
+def new_student(recipe: Recipe, teacher: AltCLIP) -> AltCLIP:
+    """The multilingual model at the start of stage 1: copies of the teacher's image tower, both projections and its
+    temperature, and a fresh XLM-R-style text tower of its own width whose transformation lands in the teacher's
+    text space (the teacher's project_dim), so that text_projection is shared."""
+    text = replace(teacher.config.text, hidden_size=recipe.student_width, intermediate_size=4 * recipe.student_width,
+                   num_hidden_layers=recipe.student_layers)
+    model = AltCLIP(replace(teacher.config, text=text))
+    for name in ("vision_model", "visual_projection", "text_projection"):
+        getattr(model, name).load_state_dict(getattr(teacher, name).state_dict())
+    with torch.no_grad():
+        model.logit_scale.copy_(teacher.logit_scale)
+    return model
+
+
+def stage0_clip(teacher: AltCLIP, images, scenes, captions: Captions, recipe: Recipe, rng: random.Random) -> list:
+    """Stage 0, the CLIP stand-in: both towers, both projections and the temperature learn from scratch, with CLIP's
+    contrastive loss on (image, English caption) pairs. Nothing is frozen."""
+    teacher.train()
+    order = []
+
+    def loss(step):
+        while len(order) < recipe.batch0:  # epochs of the images in random order; a fresh caption every time
+            order.extend(rng.sample(range(len(images)), len(images)))
+        batch = [order.pop() for _ in range(recipe.batch0)]
+        ids, mask = captions([shapes.captions(scenes[k], rng)["en"] for k in batch])
+        text = teacher.text_projection(teacher.text_model(ids, mask, skip_padding=True).pooler_output)
+        image = teacher.visual_projection(teacher.vision_model(pixel_values(images[batch])).pooler_output)
+        return contrastive_loss(text, image, teacher.logit_scale)
+
+    def clamp():  # as CLIP: the temperature never scales logits by more than 100
+        with torch.no_grad():
+            teacher.logit_scale.clamp_(max=math.log(100))
+    return optimise(teacher.parameters(), recipe.steps0, recipe.lr0, recipe, loss, "stage 0: CLIP stand-in", clamp)
+
+
+def stage1_teacher_learning(student: AltCLIP, teacher: AltCLIP, captions: Captions, recipe: Recipe,
+                            rng: random.Random) -> list:
+    """Stage 1, teacher learning: text only. Each step draws scenes (never rendered) with a caption in each of the
+    ten languages, and pulls the student's output for every caption to the teacher's for the English one."""
+    freeze(teacher)  # the teacher only gives the targets
+    freeze(student.vision_model, student.visual_projection, student.text_projection, student.logit_scale)  # the
+    # teacher's, kept as they are: only the new text tower learns
+    teacher.eval()
+    student.train()
+
+    def loss(step):
+        groups = [shapes.captions(shapes.sample_scene(rng), rng) for _ in range(recipe.batch1)]
+        with torch.no_grad():
+            target = teacher.text_model(*captions([g["en"] for g in groups]), skip_padding=True).pooler_output
+        texts = [g[lang] for lang in shapes.LANGUAGES for g in groups]  # language-major: (10 · B,)
+        out = student.text_model(*captions(texts), skip_padding=True).pooler_output  # (10 · B, d)
+        return teacher_learning_loss(out, target.repeat(len(shapes.LANGUAGES), 1))
+    return optimise(student.text_model.parameters(), recipe.steps1, recipe.lr1, recipe, loss,
+                    "stage 1: teacher learning")
+
+
+def stage2_contrastive(model: AltCLIP, images, scenes, captions: Captions, recipe: Recipe,
+                       rng: random.Random) -> list:
+    """Stage 2, contrastive learning on (image, caption in a random language) pairs. The text tower learns; the image
+    tower is frozen, and so are both projections and the temperature: the shared space stays the teacher's."""
+    freeze(model.vision_model, model.visual_projection, model.text_projection, model.logit_scale)
+    model.eval()
+    image_embeds = image_features(model, images)  # (N, P): the image side is fixed, so computed once, up front
+    model.text_model.train()
+    order = []
+
+    def loss(step):
+        while len(order) < recipe.batch2:
+            order.extend(rng.sample(range(len(images)), len(images)))
+        batch = [order.pop() for _ in range(recipe.batch2)]
+        texts = [shapes.captions(scenes[k], rng)[rng.choice(shapes.LANGUAGES)] for k in batch]
+        text = model.text_projection(model.text_model(*captions(texts), skip_padding=True).pooler_output)
+        return contrastive_loss(text, image_embeds[batch], model.logit_scale)
+    return optimise(model.text_model.parameters(), recipe.steps2, recipe.lr2, recipe, loss, "stage 2: contrastive")
+
+
+# -----------------------------------------------------------------------------
+# The whole recipe.
+
+
+def seed_everything(seed: int):
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def training_scenes(n: int, rng: random.Random) -> list:
+    return [shapes.sample_scene(rng, shapes.SEEN) for _ in range(n)]  # held-out classes never appear in training
+
+
+def train(out: Path, recipe: Recipe = Recipe(), seed: int = TRAIN_SEED, test_seed: int = TEST_SEED,
+          teacher_cache: Path | None = None) -> dict:
+    """Run stages 0-2, evaluating after each; save the model (and the teacher, in out/teacher) in BAAI/AltCLIP's
+    layout with results.json beside it. Returns the results. `teacher_cache`: a folder where the stage-0 teacher
+    is kept; found there (same recipe and seed), stage 0 is skipped (for tuning stages 1 and 2)."""
+    t0 = time.perf_counter()
+    out = Path(out)
+    rng = random.Random(seed)
+    test = make_test_set(test_seed, recipe.test_per_class, recipe.image_size)
+
+    # The tokenizer is trained on the captions, in all ten languages, of training scenes only.
+    corpus = [text for scene in training_scenes(recipe.tokenizer_scenes, rng)
+              for text in shapes.captions(scene, rng).values()]
+    tokenizer = train_tokenizer(corpus, out, recipe.vocab_size, recipe.max_positions - 2)
+    captions = Captions(tokenizer)
+    results = {"recipe": asdict(recipe), "seed": seed, "threads": torch.get_num_threads(), "tokenizer_pieces":
+               tokenizer.vocab_size, "stages": {}, "loss": {}, "seconds": {}}
+
+    def report(name, model, history, t):
+        results["seconds"][name] = round(time.perf_counter() - t, 1)
+        results["loss"][name] = subsample(history)
+        results["stages"][name] = evaluate(model, tokenizer, test, captions)
+        print(format_table({name: results["stages"][name]}), flush=True)
+
+    # Stage 0: the CLIP stand-in, on English captions only.
+    t = time.perf_counter()
+    scenes0 = training_scenes(recipe.images0, rng)
+    cached = teacher_cache and _cached_teacher(teacher_cache, recipe, seed, out / MODEL_FILE)
+    if cached:
+        teacher, history = cached
+    else:
+        images0 = render(scenes0, recipe.image_size)
+        seed_everything(seed)
+        teacher = new_teacher(recipe, tokenizer.vocab_size)
+        history = stage0_clip(teacher, images0, scenes0, captions, recipe, rng)
+        del images0
+        if teacher_cache:
+            _save(teacher, Path(teacher_cache), tokenizer_from=out)
+            (Path(teacher_cache) / "stage0.json").write_text(json.dumps(
+                {"recipe": asdict(recipe), "seed": seed, "loss": history}))
+    report("stage0", teacher, history, t)
+
+    # Stage 1: teacher learning, text only.
+    t = time.perf_counter()
+    seed_everything(seed + 1)
+    model = new_student(recipe, teacher)
+    history = stage1_teacher_learning(model, teacher, captions, recipe, random.Random(seed + 1))
+    report("stage1", model, history, t)
+
+    # Stage 2: contrastive learning on multilingual pairs, on images stage 0 never saw.
+    t = time.perf_counter()
+    rng2 = random.Random(seed + 2)
+    scenes2 = training_scenes(recipe.images2, rng2)
+    seed_everything(seed + 2)
+    history = stage2_contrastive(model, render(scenes2, recipe.image_size), scenes2, captions, recipe, rng2)
+    report("stage2", model, history, t)
+
+    results["seconds"]["total"] = round(time.perf_counter() - t0, 1)
+    results["targets"] = check_targets(results["stages"])
+    _save(model, out)
+    _save(teacher, out / "teacher", tokenizer_from=out)
+    (out / "results.json").write_text(json.dumps(results, indent=1, ensure_ascii=False) + "\n")
+    print(format_table(results["stages"]))
+    print(f"trained in {results['seconds']['total']:.0f} s; saved to {out}")
+    for target, ok in results["targets"].items():
+        print(f"  {'met ' if ok else 'MISSED'}  {target}")
+    return results
+
+
+def check_targets(stages: dict) -> dict:
+    """The issue's targets: the paper's claims, in miniature."""
+    s1, s2 = stages["stage1"], stages["stage2"]
+    en0, en2 = stages["stage0"]["zero_shot_top1"]["en"], s2["zero_shot_top1"]["en"]
+    return {
+        "after stage 2, English top-1 >= 0.8": en2 >= 0.8,
+        "after stage 2, every language >= 0.9 x English": all(v >= 0.9 * en2 for v in s2["zero_shot_top1"].values()),
+        "after stage 2, held-out classes >= 0.5 in every language": min(s2["zero_shot_top1_unseen"].values()) >= 0.5,
+        "after stage 1 (no image seen), every language >= 0.8 x the teacher's English":
+            all(v >= 0.8 * en0 for v in s1["zero_shot_top1"].values()),
+    }
+
+
+def subsample(history: list, points: int = 200) -> list:
+    """[[step, loss], …]: at most `points` of them, each the mean of its stretch of steps (for a loss-curve plot)."""
+    stride = max(1, math.ceil(len(history) / points))
+    return [[k, sum(history[k:k + stride]) / len(history[k:k + stride])] for k in range(0, len(history), stride)]
+
+
+def _save(model: AltCLIP, folder: Path, tokenizer_from: Path | None = None):
+    save_pretrained(model, folder)
+    if tokenizer_from is not None:
+        for name in (MODEL_FILE, "tokenizer_config.json", "special_tokens_map.json"):
+            (folder / name).write_bytes((tokenizer_from / name).read_bytes())
+
+
+def _cached_teacher(folder: Path, recipe: Recipe, seed: int, spm_model: Path):
+    """The stage-0 teacher kept in `folder` by an earlier run with the same recipe, seed and tokenizer, or None."""
+    folder = Path(folder)
+    try:
+        meta = json.loads((folder / "stage0.json").read_text())
+        same_tokenizer = (folder / MODEL_FILE).read_bytes() == spm_model.read_bytes()
+    except OSError:
+        return None
+    stage0 = {k: v for k, v in asdict(recipe).items() if k.endswith("0") or k.startswith(("vision", "text", "patch"))}
+    if meta["seed"] != seed or not same_tokenizer or any(meta["recipe"].get(k) != v for k, v in stage0.items()):
+        return None
+    model = load_pretrained(folder)
+    for p in model.parameters():
+        p.requires_grad_(True)
+    return model, meta["loss"]
+
+
+# -----------------------------------------------------------------------------
+# Command line.
+
+
+def positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {text!r}")
+    return int(text)
+
+
+def non_negative_int(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}")
+    return int(text)
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(
+        prog="train.py", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Train a mini AltCLIP on generated coloured shapes with the paper's recipe (stage 0: an English "
+                    "CLIP stand-in; stage 1: teacher learning, text only; stage 2: contrastive learning, image "
+                    "tower frozen), or evaluate a checkpoint on a freshly generated test set.",
+        epilog="examples:\n  python train.py --out examples/mini-altclip\n"
+               "  python train.py --eval examples/mini-altclip --seed 7 --json scores.json")
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--out", metavar="DIR", type=Path,
+                      help="train, and save the model (BAAI/AltCLIP's layout), the teacher (DIR/teacher) and "
+                           "results.json into DIR")
+    what.add_argument("--eval", metavar="CHECKPOINT", help="evaluate this checkpoint folder instead of training")
+    p.add_argument("--seed", type=non_negative_int, default=TEST_SEED,
+                   help="seed of the generated test set (default: %(default)s)")
+    p.add_argument("--json", metavar="FILE", type=Path, help="with --eval: write the scores to FILE as JSON")
+    p.add_argument("--per-class", type=positive_int, metavar="N",
+                   help=f"test images per class (default: {Recipe.test_per_class})")
+    p.add_argument("--train-seed", type=non_negative_int, default=TRAIN_SEED,
+                   help="seed of the training data and initialisation (default: %(default)s)")
+    p.add_argument("--steps", type=non_negative_int, nargs=3, metavar=("S0", "S1", "S2"),
+                   help="optimisation steps of stages 0, 1 and 2 (default: %s %s %s)"
+                        % (Recipe.steps0, Recipe.steps1, Recipe.steps2))
+    p.add_argument("--smoke", action="store_true", help="tiny towers, a few steps on a few images: checks the "
+                                                        "whole pipeline in seconds (the scores mean nothing)")
+    p.add_argument("--teacher-cache", metavar="DIR", type=Path,
+                   help="keep the stage-0 teacher in DIR and reuse it when the recipe and seed match (for tuning "
+                        "stages 1 and 2)")
+    p.add_argument("--threads", type=positive_int, default=2,
+                   help="CPU threads; results are reproducible for a given count (default: %(default)s)")
+    args = p.parse_args(argv)
+    if args.json and not args.eval:
+        p.error("--json goes with --eval (training writes results.json beside the checkpoint)")
+    if args.eval and (args.steps or args.smoke or args.teacher_cache):
+        p.error("--steps, --smoke and --teacher-cache are for training, not --eval")
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    if args.eval:
+        try:
+            model = load_pretrained(args.eval)
+            tokenizer = Tokenizer.from_pretrained(args.eval)
+        except (OSError, CheckpointError) as e:
+            print(f"train.py: error: checkpoint '{args.eval}': {e}", file=sys.stderr)
+            return 1
+        test = make_test_set(args.seed, args.per_class or Recipe.test_per_class, model.config.vision.image_size)
+        result = evaluate(model, tokenizer, test)
+        print(format_table({args.eval: result}))
+        if args.json:
+            try:
+                args.json.write_text(json.dumps(result, indent=1, ensure_ascii=False) + "\n")
+            except OSError as e:
+                print(f"train.py: error: cannot write --json '{args.json}': {e.strerror or e}", file=sys.stderr)
+                return 1
+        return 0
+    recipe = SMOKE if args.smoke else Recipe()
+    if args.steps:
+        recipe = replace(recipe, steps0=args.steps[0], steps1=args.steps[1], steps2=args.steps[2])
+    if args.per_class:
+        recipe = replace(recipe, test_per_class=args.per_class)
+    try:
+        args.out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        print(f"train.py: error: cannot create --out '{args.out}': {e.strerror or e}", file=sys.stderr)
+        return 1
+    train(args.out, recipe, seed=args.train_seed, test_seed=args.seed, teacher_cache=args.teacher_cache)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
