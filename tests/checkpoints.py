@@ -101,3 +101,13 @@ def save_checkpoint(model, folder: Path, fmt: str = "safetensors", legacy: bool 
     config = legacy_config(model) if legacy else model.config.to_dict()
     (folder / "config.json").write_text(json.dumps(config, indent=2))
     return folder
+
+
+def tiny_model_folder(folder: Path, seed: int = 0) -> Path:
+    """A checkpoint folder as `--model` takes it: a small multilingual tokenizer (tests/spm_fixture.py), and the tiny
+    reference model of `seed` sized to it, saved as config.json + model.safetensors."""
+    from spm_fixture import train_sentencepiece
+    from tokenizer import Tokenizer
+
+    train_sentencepiece(folder)
+    return save_checkpoint(tiny_reference(seed=seed, vocab_size=Tokenizer.from_pretrained(folder).vocab_size), folder)

@@ -20,9 +20,8 @@ from PIL import Image
 import altclip
 import cli
 from cli import main
-from checkpoints import save_checkpoint, tiny_reference
+from checkpoints import tiny_model_folder, tiny_reference
 from kernels import onednn
-from spm_fixture import train_sentencepiece
 from tokenizer import Tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,10 +33,7 @@ ATOL = 1e-4  # probabilities against the reference, float32
 @pytest.fixture(scope="session")
 def model_dir(tmp_path_factory):
     """A checkpoint folder as --model takes it: config.json, model.safetensors and sentencepiece.bpe.model."""
-    folder = tmp_path_factory.mktemp("tiny-altclip")
-    train_sentencepiece(folder)
-    save_checkpoint(tiny_reference(seed=0, vocab_size=Tokenizer.from_pretrained(folder).vocab_size), folder)
-    return folder
+    return tiny_model_folder(tmp_path_factory.mktemp("tiny-altclip"))
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,6 @@
 """Tokenizer parity with the reference, `transformers.XLMRobertaTokenizer`, on a sentencepiece model trained here."""
+import fractions
+import itertools
 import json
 import random
 import shutil
@@ -7,14 +9,17 @@ import subprocess
 import sys
 import pathlib
 
+import re
+
 import huggingface_hub
 import pytest
 import sentencepiece
 import torch
 import transformers
 
+import tokenizer
 from spm_fixture import corpus, train_sentencepiece
-from tokenizer import MODEL_FILE, Tokenizer
+from tokenizer import GRAPHEME, JOINERS, MODEL_FILE, NOT_WHITE_SPACE, REPEAT, WHITESPACE, Tokenizer
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -152,6 +157,175 @@ def test_random_strings_match_reference(tok, ref):
         assert_same(tok(texts[i:i + 100]), reference(ref, texts[i:i + 100]))
 
 
+# Text in many scripts, for the fast path against the written-out definition and the reference: letters of the
+# fixture's corpus, combining marks, half- and full-width forms, Hangul jamo, emoji sequences, every kind of
+# whitespace, special tokens and "▁" inside words, the fast path's separator character, and any code point.
+SCRIPTS = {
+    "corpus": "".join(sorted(set("".join(corpus())))),
+    "latin": "abcdefghijklmnopqrstuvwxyzABCXYZàéîõüçñßøåæœÀÉ0123456789.,;:!?'\"()-/%&",
+    "marks": "\u0300\u0301\u0302\u0303\u0308\u030a\u0323\u0327\u093c\u094d\u0e31\u0e48\u064e\u0651\u3099\u309a"
+             "\uff9e\uff9f\u200c\u200d\ufe0f\u20dd\U0001f3fb\U0001f3fd",
+    "spacing_marks_prepend": "\u0903\u093e\u0940\u0e33\u0600\u0605\U000110bd\u0d4e",
+    "cyrillic_greek": "абвгдеёжзийклмнопрстуфхцчшщъыьэюяАБВЯαβγδεζηθικλμνξοπρστυφχψωΩάέΐ",
+    "arabic_hebrew": "ابتثجحخدذرزسشصضطظعغفقكلمنهوي\u064b\u0650ءآأؤإئשלוםעברית",
+    "indic_thai": "कखगघचछजझटठडढतथदधनपफबभमयरलवशसह\u093f\u0947\u094dกขคงจฉชซญดตถทนบปผพฟภมยรลวสหอฮ\u0e34\u0e38",
+    "hangul": "가각간갇갈감갑값강개객고양이사진한국어\u1100\u1101\u1161\u1162\u11a8\u11ab",
+    "cjk_kana": "一张猫的照片狗鸟山川日本語漢字ひらがなカタカナテレビーァィゥ",
+    "halfwidth_fullwidth": "ｶﾀﾅﾃﾚﾋﾞﾊﾟﾝｧｨｰﾞﾟＡＢＣａｂｃ１２３！？（）＜＞ｓｍａｋ",
+    "compatibility": "ﬁﬂ①②½¼™㍿㈱ℌℍ³²ªºµ㌔㎏ﾠ\u2126\u212b",
+    "emoji": "😀🐱🐶❤🏳🌈🇯🇵🇫🇷👩👧👍\u200d\ufe0f\U0001f3fd",
+    "whitespace": " \t\n\r\x0b\x0c\x1c\x1d\x1e\x1f\x85\xa0\u1680\u2000\u2007\u200a\u200b\u2028\u2029\u202f\u205f"
+                  "\u3000\ufeff\u180e",
+    "controls_odd": "\x00\x01\x07\x7f\x80\x9f\u00ad\u2060\ufffd\ue000\U0010ffff\U0010fffe▁<>/",
+}
+SPECIAL_STRINGS = ["<s>", "</s>", "<pad>", "<unk>", "<mask>", "＜ｍａｓｋ＞", "＜ｓ＞", "<\x01s>", "▁"]
+
+
+def random_texts(n, seed):
+    """n texts of 0-60 characters, each from one to three of SCRIPTS, with specials and repeated runs mixed in."""
+    rng = random.Random(seed)
+    names = list(SCRIPTS)
+    texts = []
+    for _ in range(n):
+        pool = "".join(SCRIPTS[name] for name in rng.sample(names, rng.randint(1, 3)))
+        text = []
+        while len(text) < rng.randint(0, 60):
+            r = rng.random()
+            if r < 0.03:
+                text.append(rng.choice(SPECIAL_STRINGS))
+            elif r < 0.06:  # a repeated unit, as in "hahaha", "!!!!" or "1000000"
+                text.append("".join(rng.choice(pool) for _ in range(rng.randint(1, 3))) * rng.randint(2, 6))
+            elif r < 0.08:
+                text.append(chr(rng.randint(0x20, 0x2FFFF)).encode("utf-8", "replace").decode())
+            else:
+                text.append(rng.choice(pool))
+        texts.append("".join(text))
+    return texts
+
+
+def definition(tok, text, max_length=512):
+    """The ids of the written-out definition (Tokenizer.split), with <s> and </s> and truncation."""
+    return [0] + [i for _, i in tok.split(text)][:max_length - 2] + [2]
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_fast_path_equals_definition_and_reference(tok, ref, seed):
+    texts = random_texts(1500, seed)
+    ours = tok(texts)
+    assert_same(ours, reference(ref, texts))
+    for text, row, mask in zip(texts, ours["input_ids"].tolist(), ours["attention_mask"].tolist()):
+        assert row[:sum(mask)] == definition(tok, text), ascii(text)
+        assert tok.tokenize(text) == [piece for piece, _ in tok.split(text)], ascii(text)
+
+
+def test_fast_normalize_equals_normalize(tok):
+    for text in random_texts(3000, 2) + list(TEXTS.values()):
+        assert tok.charmap.fast_normalize(text) == tok.charmap.normalize(text), repr(text)
+
+
+def test_one_grapheme_per_character_without_joiners():
+    """fast_normalize maps a text without JOINERS character by character: it must be one grapheme per character."""
+    rng = random.Random(3)
+    chars = [c for c in map(chr, range(0x110000)) if not 0xD800 <= ord(c) < 0xE000 and not JOINERS.match(c)]
+    for _ in range(20000):
+        text = "".join(rng.choices(chars, k=rng.randint(2, 8)))
+        assert len(GRAPHEME.findall(text)) == len(text), ascii(text)
+
+
+def test_str_split_is_whitespace_split():
+    """The fast path splits words with str.split() when NOT_WHITE_SPACE finds nothing: that is WHITESPACE.split."""
+    for c in map(chr, range(0x110000)):
+        assert c.isspace() == bool(WHITESPACE.fullmatch(c) or NOT_WHITE_SPACE.fullmatch(c)), ascii(c)
+
+
+def test_equal_splits_need_a_repeat():
+    """REPEAT's claim, exhaustively on a small case: with scores that add up to no coincidence (random fractions),
+    a word has two best splits only if a unit repeats in it, three times running or twice if two characters long."""
+    strings = ["".join(t) for n in range(2, 9) for t in itertools.product("abc", repeat=n)]
+    ties = 0
+    for seed in range(3):
+        rng = random.Random(seed)
+        pieces = {"".join(t): fractions.Fraction(-rng.randint(1, 10**9), 10**8)
+                  for n in range(1, 5) for t in itertools.product("abc", repeat=n) if n == 1 or rng.random() < 0.7}
+        for s in strings:
+            best = [(0, 1)] + [None] * len(s)  # (best score of s[:end], number of splits reaching it)
+            for end in range(1, len(s) + 1):
+                offers = [(best[start][0] + pieces[s[start:end]], best[start][1])
+                          for start in range(max(0, end - 4), end) if s[start:end] in pieces]
+                top = max(score for score, _ in offers)
+                best[end] = (top, sum(count for score, count in offers if score == top))
+            if best[-1][1] > 1:
+                ties += 1
+                assert REPEAT.search(s), s
+    assert ties > 100  # the claim was put to the test
+
+
+@pytest.fixture(scope="module")
+def awkward_dir(model_dir, tmp_path_factory):
+    """The fixture model plus awkward pieces: made of repeated units ("юю", "ююю", "abab", ...), as real vocabularies
+    have ("000", "!!!", "哈哈"), whose splits of "ююююююю" tie, and sentencepiece's float32 sums break ties otherwise
+    than the reference; and pieces with a "▁" inside, which the reference never uses (it splits words at "▁")."""
+    from sentencepiece import sentencepiece_model_pb2
+
+    proto = sentencepiece_model_pb2.ModelProto()
+    proto.ParseFromString((model_dir / MODEL_FILE).read_bytes())
+    have = {p.piece for p in proto.pieces}
+    lowest = min(p.score for p in proto.pieces[3:])
+    rng = random.Random(0)
+    for unit in ["a", "o", "0", "!", ".", "ю", "δ", "カ", "ー", "哈", "ㅋ", "ab", "an", "ha", "la", "де"]:
+        for prefix, k in itertools.product(["", "▁"], range(1, 5)):
+            if prefix + unit * k not in have:
+                proto.pieces.add(piece=prefix + unit * k, score=rng.uniform(lowest, -2.0))
+    for piece in ["▁of▁a", "a▁photo", "o▁", "▁a▁", "t▁▁c"]:
+        proto.pieces.add(piece=piece, score=-1.0)
+    folder = tmp_path_factory.mktemp("awkward")
+    for name in ["tokenizer_config.json", "special_tokens_map.json"]:
+        shutil.copy(model_dir / name, folder)
+    (folder / MODEL_FILE).write_bytes(proto.SerializeToString())
+    return folder
+
+
+def test_awkward_pieces_match_reference(awkward_dir, monkeypatch):
+    tok = Tokenizer.from_pretrained(awkward_dir)
+    ref = transformers.XLMRobertaTokenizer.from_pretrained(awkward_dir)
+    rng = random.Random(4)
+    units = ["a", "o", "0", "!", ".", "ю", "δ", "カ", "ー", "哈", "ㅋ", "ab", "an", "ha", "la", "де", "ba", "aab"]
+    texts = ["banana", "hahaha!!!", "1000000 km", "ююююююю", "カーーーー", "哈哈哈哈哈", "ㅋㅋㅋㅋ", "....", "lalala",
+             "a photo of a cat", "photo of a photo▁of▁a", "cat  ▁ a"]
+    texts += [" ".join(rng.choice(["", "x", "▁"]) + rng.choice(units) * rng.randint(2, 13) + rng.choice(["", "b", "!"])
+                       for _ in range(rng.randint(1, 4))) for _ in range(600)]
+    assert_same(tok(texts), reference(ref, texts))
+    assert [tok.encode(text) for text in texts] == [definition(tok, text) for text in texts]
+
+    # Without REPEAT's detour through our Viterbi search, sentencepiece alone gets some of these wrong.
+    monkeypatch.setattr(tokenizer, "REPEAT", re.compile("(?!)"))
+    assert tok.encode_batch(texts) != reference(ref, texts)["input_ids"].tolist() or pytest.fail("no tie met")
+
+
+def test_loading_asks_sentencepiece_for_no_piece(model_dir, monkeypatch):
+    """Loading builds nothing per piece: 250,000 of them would take most of a second."""
+    def refuse(*args):
+        raise AssertionError("Tokenizer() asked sentencepiece for a piece")
+    for name in ["id_to_piece", "IdToPiece", "get_score", "GetScore", "piece_to_id", "PieceToId"]:
+        monkeypatch.setattr(sentencepiece.SentencePieceProcessor, name, refuse)
+    Tokenizer(model_dir / MODEL_FILE)
+
+
+def test_pieces_and_vocab_are_looked_up(tok, ref):
+    tokens = ref.convert_ids_to_tokens(list(range(len(ref))))
+    assert len(tok.pieces) == len(tok.vocab) == len(tokens)
+    assert tok.pieces[-1] == "<mask>" and tok.pieces[5:9] == tokens[5:9] and tok.pieces[::97] == tokens[::97]
+    with pytest.raises(IndexError):
+        tok.pieces[len(tokens)]
+    assert list(tok.vocab) == tokens
+    assert {t: tok.vocab[t][0] for t in ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]} == {
+        t: ref.convert_tokens_to_ids(t) for t in ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]}
+    assert all(tok.vocab[t] == (i, tok.sp.get_score(i)) for i, t in enumerate(tokens) if 4 <= i < len(tokens) - 1)
+    assert "▁qzx" not in tokens and tok.vocab.get("▁qzx") is None and "▁qzx" not in tok.vocab and "▁cat" in tok.vocab
+    with pytest.raises(KeyError):
+        tok.vocab["no such piece"]
+
+
 def test_follows_reference_where_sentencepiece_differs(tok, ref, model_dir):
     """The reference normalises per grapheme (shortest match) and splits on U+0085; sentencepiece does neither."""
     sp = sentencepiece.SentencePieceProcessor(model_file=str(model_dir / MODEL_FILE))
@@ -176,7 +350,7 @@ def test_special_ids_and_vocabulary(tok, ref, model_dir):
         ref.bos_token_id, ref.pad_token_id, ref.eos_token_id, ref.unk_token_id, ref.mask_token_id)
     assert tok.mask_token_id == sp_size + 1
     assert tok.vocab_size == len(tok) == len(ref) == ref.vocab_size == sp_size + 2
-    assert tok.pieces == ref.convert_ids_to_tokens(list(range(len(ref))))
+    assert list(tok.pieces) == ref.convert_ids_to_tokens(list(range(len(ref))))
 
 
 @pytest.mark.parametrize("name", ["english", "japanese", "unknown_run", "specials", "halfwidth_dakuten", "empty"])

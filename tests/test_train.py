@@ -1,6 +1,6 @@
 """train.py: each loss is its formula, each stage trains exactly what the paper trains and leaves the rest
-bit-identical, the whole recipe runs end to end (and twice the same), and the committed mini checkpoint loads in
-ours and in the reference (transformers.AltCLIPModel) and reproduces its committed scores."""
+bit-identical, the whole recipe runs end to end (and twice the same). (The tests of a committed mini checkpoint come
+with the checkpoint: none is committed until the recipe meets issue 10's targets.)"""
 import json
 import random
 from dataclasses import replace
@@ -16,7 +16,6 @@ from load_weights import load_pretrained
 from tokenizer import Tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
-MINI = ROOT / "examples" / "mini-altclip"
 TINY = replace(train.SMOKE, steps0=2, steps1=2, steps2=2)
 
 
@@ -206,47 +205,3 @@ def test_train_py_stands_on_top():
     for path in [*ROOT.glob("*.py"), *ROOT.glob("kernels/*.py")]:
         if path.name != "train.py":
             assert "import train" not in path.read_text() and "from train" not in path.read_text(), path
-
-
-# --- the committed checkpoint -------------------------------------------------------------------------------
-
-needs_mini = pytest.mark.skipif(not (MINI / "model.safetensors").exists(), reason="examples/mini-altclip not built")
-
-
-@needs_mini
-def test_committed_checkpoint_equals_the_reference():
-    from transformers import AltCLIPModel
-
-    ours = load_pretrained(MINI)
-    ref, info = AltCLIPModel.from_pretrained(MINI, output_loading_info=True)
-    assert not any(info.values()), info
-    ref.eval()
-    tokenizer = Tokenizer.from_pretrained(MINI)
-    texts = [shapes.label(c, s, lang) for (c, s), lang in zip(shapes.CLASSES[:10], shapes.LANGUAGES)]
-    tokens = tokenizer(texts)
-    pixels = preprocess([shapes.render(shapes.sample_scene(random.Random(k), shapes.CLASSES)) for k in range(4)],
-                        ours.config.vision.image_size)
-    with torch.no_grad():
-        a = ours(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"], pixel_values=pixels)
-        b = ref(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"], pixel_values=pixels)
-    torch.testing.assert_close(a.logits_per_image, b.logits_per_image, atol=1e-5, rtol=0)
-
-
-@needs_mini
-@pytest.mark.slow
-def test_eval_reproduces_the_committed_scores(tmp_path):
-    """`--eval` on the committed checkpoint, test set from the seed training used, gives the committed table. Float
-    rounding on another CPU may flip a near tie: each score may differ by at most 2 images (or pairs)."""
-    committed = json.loads((MINI / "results.json").read_text())
-    stage2 = committed["stages"]["stage2"]
-    out = tmp_path / "scores.json"
-    assert train.main(["--eval", str(MINI), "--seed", str(stage2["test_set"]["seed"]), "--json", str(out)]) == 0
-    fresh = json.loads(out.read_text())
-    assert fresh["labels"] == stage2["labels"] and fresh["languages"] == stage2["languages"]
-    n, unseen = stage2["test_set"]["images"], stage2["test_set"]["unseen_images"]
-    for key, count in [("zero_shot_top1", n), ("zero_shot_top1_unseen", unseen)]:
-        for lang in shapes.LANGUAGES:
-            assert abs(fresh[key][lang] - stage2[key][lang]) <= 2 / count + 1e-9, (key, lang)
-    for way in ("text_to_image", "image_to_text"):
-        for lang in shapes.LANGUAGES:
-            assert abs(fresh["recall_at_1"][way][lang] - stage2["recall_at_1"][way][lang]) <= 2 / n + 1e-9
