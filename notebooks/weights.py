@@ -78,7 +78,8 @@ def load(prefer_real: bool = True):
                     "the real BAAI/AltCLIP weights are not on this machine")
     if source.lower() == "mini":
         raise FileNotFoundError(f"ALTCLIP_WEIGHTS=mini, but there is no mini model at {MINI}")
-    return tiny_random(why=f"neither the real BAAI/AltCLIP weights nor the mini model ({MINI}) are on this machine")
+    where = MINI.relative_to(ROOT) if MINI.is_relative_to(ROOT) else MINI
+    return tiny_random(why=f"neither the real BAAI/AltCLIP weights nor the mini model ({where}) are on this machine")
 
 
 def _cached_snapshot() -> Path | None:
