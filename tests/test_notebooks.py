@@ -10,9 +10,11 @@ the model's own forward, and asserts what its pictures show (the class token loo
 together, zero-shot accuracy per language, the frozen image tower stays bit-identical, ...), so a notebook that
 runs is a notebook that checks.
 
-Weights: the mini AltCLIP committed in examples/mini-altclip (ALTCLIP_WEIGHTS=mini), whose outputs are the
-committed ones, unless ALTCLIP_WEIGHTS is already set (to a folder with the real weights, say). Re-execute and
-save the notebooks with `python notebooks/run.py`.
+Weights: the mini AltCLIP committed in examples/mini-altclip (ALTCLIP_WEIGHTS=mini) when it is there, else the tiny
+random model (ALTCLIP_WEIGHTS=random), unless ALTCLIP_WEIGHTS is already set (to a folder with the real weights,
+say). The step-by-step checks run with any of them; what a trained model's pictures show is asserted by the
+notebooks only with a trained one. Notebook 05 (training the mini model) runs only when the mini model is there.
+Re-execute and save the notebooks with `python notebooks/run.py`.
 """
 import copy
 import importlib.util
@@ -28,9 +30,13 @@ _spec = importlib.util.spec_from_file_location("notebook_runner", ROOT / "notebo
 runner = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(runner)
 
+MINI = ROOT / "examples" / "mini-altclip"
+HAS_MINI = (MINI / "config.json").exists()  # not committed until train.py's targets are met
+# 01-04 always; 05 (about the mini model's training, reading its folder) only when the mini model is committed.
 NOTEBOOKS = runner.notebooks()
 CELL_TIMEOUT = 300  # seconds per cell; the slowest cell takes ~10 s on a 2-core CPU
 MINI_NAMED = "Using the mini AltCLIP in examples/mini-altclip"  # how the first output of each notebook begins
+RANDOM_NAMED = "Using a TINY RANDOM AltCLIP"  # ... when the notebooks were saved without the mini model
 
 
 def _weights(monkeypatch, value=None):
@@ -46,25 +52,34 @@ def _weights(monkeypatch, value=None):
     return module
 
 
-def test_the_five_notebooks_are_there():
-    assert [p.name for p in NOTEBOOKS] == ["01_image_tower.ipynb", "02_text_tower.ipynb",
-                                           "03_zero_shot_multilingual.ipynb", "04_kernels.ipynb",
-                                           "05_training.ipynb"]
+FOUR = ["01_image_tower.ipynb", "02_text_tower.ipynb", "03_zero_shot_multilingual.ipynb", "04_kernels.ipynb"]
 
 
-def test_weights_without_real_ones_is_the_mini_model(monkeypatch):
+def test_the_notebooks_are_there():
+    """Five notebooks are committed; all five run when the mini model is there, 01-04 without it."""
+    assert sorted(p.name for p in (ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")) == FOUR + ["05_training.ipynb"]
+    assert [p.name for p in NOTEBOOKS] == FOUR + (["05_training.ipynb"] if HAS_MINI else [])
+
+
+def test_weights_without_real_ones(monkeypatch):
+    """On a machine without the real weights: the mini model if it is committed, else the tiny random one."""
     weights = _weights(monkeypatch)
     monkeypatch.setattr(weights, "_cached_snapshot", lambda: None)  # as on a machine without the real weights
     model, tok, about = weights.load()
-    assert about.kind == "mini" and about.folder == ROOT / "examples" / "mini-altclip"
-    assert str(about).startswith("the mini AltCLIP in examples/mini-altclip")
-    assert model.config.vision.image_size == 224 and model.config.vision.patch_size == 14  # the real geometry
     assert tok.vocab_size == model.config.text.vocab_size
-    assert weights.load(prefer_real=False)[2].kind == "mini"
+    if HAS_MINI:
+        assert about.kind == "mini" and about.folder == MINI
+        assert str(about).startswith("the mini AltCLIP in examples/mini-altclip")
+        assert model.config.vision.image_size == 224 and model.config.vision.patch_size == 14  # the real geometry
+        assert weights.load(prefer_real=False)[2].kind == "mini"
+    else:
+        assert about.kind == "random" and "examples/mini-altclip" in str(about)  # it says what it did not find
 
 
 def test_weights_environment_variable(monkeypatch, tmp_path):
-    assert _weights(monkeypatch, "mini").load()[2].kind == "mini"
+    assert _weights(monkeypatch, "random").load()[2].kind == "random"
+    if HAS_MINI:
+        assert _weights(monkeypatch, "mini").load()[2].kind == "mini"
     with pytest.raises(FileNotFoundError, match="not a folder"):
         _weights(monkeypatch, str(tmp_path / "missing")).load()
     weights = _weights(monkeypatch, "mini")
@@ -86,13 +101,18 @@ def test_tiny_random_fallback_has_nontrivial_layernorms(monkeypatch):
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
-def test_committed_notebook_names_the_mini_model_first(path):
-    """What a reader sees on the repository page: the first output says the mini model made these pictures."""
+def test_committed_notebook_names_its_model_first(path):
+    """What a reader sees on the repository page: the first output says which model made these pictures, the
+    mini model when it is committed (and then the outputs must be its), else the tiny random model."""
     nb = nbformat.read(path, as_version=4)
     first = next(cell for cell in nb.cells if cell.cell_type == "code")
     text = "".join(out.get("text", "") for out in first.outputs if out.output_type == "stream")
-    assert text.startswith(MINI_NAMED), f"{path.name}'s first output: {text[:200]!r}"
-    assert "ONE COLOURED SHAPE" in text and "cat" in text  # what it knows, and what it cannot see
+    if HAS_MINI:
+        assert text.startswith(MINI_NAMED), f"{path.name}'s first output: {text[:200]!r}"
+        assert "ONE COLOURED SHAPE" in text and "cat" in text  # what it knows, and what it cannot see
+    else:
+        assert text.startswith(RANDOM_NAMED), f"{path.name}'s first output: {text[:200]!r}"
+        assert "MEANINGLESS" in text
 
 
 @pytest.mark.slow  # 15-35 s per notebook on a 2-core CPU, ~6 s of it starting the kernel and importing torch
@@ -100,8 +120,7 @@ def test_committed_notebook_names_the_mini_model_first(path):
 def test_notebook_runs_top_to_bottom(path, tmp_path, monkeypatch):
     if path.name == "04_kernels.ipynb" and importlib.util.find_spec("triton") is None:
         pytest.skip("Triton is not installed (it is only required on Linux x86_64)")
-    assert (ROOT / "examples" / "mini-altclip" / "config.json").exists(), "the committed mini model is missing"
-    monkeypatch.setenv("ALTCLIP_WEIGHTS", os.environ.get("ALTCLIP_WEIGHTS", "mini"))
+    monkeypatch.setenv("ALTCLIP_WEIGHTS", os.environ.get("ALTCLIP_WEIGHTS", "mini" if HAS_MINI else "random"))
     committed = path.read_bytes()
     nb, seconds = runner.execute(path, timeout=CELL_TIMEOUT)  # raises CellExecutionError, naming the cell
     nbformat.write(runner.clean(nb), tmp_path / path.name)  # for inspection after a failure
