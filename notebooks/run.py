@@ -115,8 +115,9 @@ def main(argv=None) -> int:
     failed = 0
     for path in args.paths or notebooks():
         if not runnable(path):
-            print(f"{path.name}: needs the mini model in {MINI.relative_to(HERE.parent)}, which is missing "
-                  f"(train.py writes it)", file=sys.stderr)
+            where = MINI.relative_to(HERE.parent) if MINI.is_relative_to(HERE.parent) else MINI
+            print(f"{path.name}: needs the mini model in {where}, which is missing (train.py writes it)",
+                  file=sys.stderr)
             failed += 1
             continue
         try:
