@@ -1,6 +1,6 @@
 """Coloured shapes and their captions in ten languages: the data world of the mini AltCLIP.
 
-Every image shows one filled shape on a noisy grey background, and is described by four attributes:
+Every image shows one shape on a noisy grey background, and is described by four attributes:
 
     colour    red, orange, yellow, green, blue, purple      } the 36 classes used for zero-shot classification
     shape     circle, square, triangle, star, heart, cross  }
@@ -10,6 +10,16 @@ Every image shows one filled shape on a noisy grey background, and is described 
 plus what the captions never mention: the exact spot, radius and angle, a jitter of the colour, the background's
 grey level and its pixel noise. A `Scene` holds all of it; `sample_scene` draws one from a `random.Random`, `render`
 turns it into pixels and `captions` into one sentence per language, all saying the same thing.
+
+Each shape is printed with small copies of itself: a darker motif of the same shape at the centre of every
+14 × 14 cell of the image (the patches of a ViT/14), like a fabric print. A patch then shows its shape up close.
+Why: a transformer this small, trained from scratch for minutes, learns a plain silhouette slowly; recognising it
+means combining patches by attention. Measured on 2 CPU cores (224 px, 14-px patches, 64 wide, 2 blocks,
+supervised 6-way shape classification, batch 64): plain silhouettes 0.31 after 300 steps (a small CNN: 0.38);
+printed shapes 0.93 after 50 steps and 1.00 after 100. The print is anchored to the image's grid, not to the shape:
+shifted by a few pixels (as in a photo of a print), the same model learns it no faster than the silhouette (0.30
+after 150 steps), so what the mini model learns is "which motif is printed here", and it knows shapes only as
+shapes.py draws them.
 
 Eight (colour, shape) classes are `HELD_OUT`: they never appear in training, as image or caption, so zero-shot
 accuracy on them shows whether the model composes "red" and "star" rather than memorising "red star".
@@ -57,6 +67,9 @@ MAX_ANGLE = 30  # degrees either way
 COLOUR_JITTER = 12  # per RGB channel, so that a colour is a small cloud, not one value
 BACKGROUND = (70, 190)  # grey levels
 NOISE = (3.0, 15.0)  # standard deviation of the pixel noise
+PRINT_CELL = 14  # pixels at 224 px: one motif per patch of a ViT/14
+PRINT_RADIUS = 5.5  # the motif's farthest point from its cell's centre
+PRINT_SHADE = 0.6  # the motif is the shape's colour darkened to 60%
 
 
 @dataclass(frozen=True)
@@ -130,6 +143,19 @@ def _noise_field(size: int) -> np.ndarray:
     return np.random.default_rng(0).standard_normal((3, 2 * size, 2 * size), dtype=np.float32)
 
 
+@functools.cache
+def print_mask(shape: str, size: int = IMAGE_SIZE) -> np.ndarray:
+    """Where the print darkens a `shape`: (size, size) bool, True on an upright copy of the shape (radius
+    PRINT_RADIUS) centred in every PRINT_CELL x PRINT_CELL cell of the image, scaled with `size`."""
+    s = size / IMAGE_SIZE
+    mask = Image.new("L", (size, size), 0)
+    draw = ImageDraw.Draw(mask)
+    for cy in np.arange(PRINT_CELL / 2, IMAGE_SIZE, PRINT_CELL):
+        for cx in np.arange(PRINT_CELL / 2, IMAGE_SIZE, PRINT_CELL):
+            draw.polygon(((OUTLINES[shape] * PRINT_RADIUS * [1, -1] + [cx, cy]) * s).ravel().tolist(), fill=1)
+    return np.asarray(mask, bool)
+
+
 def _pixels(scene: Scene, size: int = IMAGE_SIZE) -> np.ndarray:
     """The scene as uint8 (3, size, size)."""
     s = size / IMAGE_SIZE
@@ -137,11 +163,13 @@ def _pixels(scene: Scene, size: int = IMAGE_SIZE) -> np.ndarray:
     rotate = np.array([[math.cos(a), -math.sin(a)], [math.sin(a), math.cos(a)]])
     points = OUTLINES[scene.shape] @ rotate.T * scene.radius  # (k, 2), y up
     points = (points * [1, -1] + [scene.x, scene.y]) * s  # image coordinates: y down
-    canvas = Image.new("RGB", (size, size), (scene.background,) * 3)
-    ImageDraw.Draw(canvas).polygon(points.ravel().tolist(), fill=scene.rgb)
+    plain, printed = (Image.new("RGB", (size, size), (scene.background,) * 3) for _ in range(2))
+    ImageDraw.Draw(plain).polygon(points.ravel().tolist(), fill=scene.rgb)
+    ImageDraw.Draw(printed).polygon(points.ravel().tolist(), fill=tuple(round(PRINT_SHADE * v) for v in scene.rgb))
+    canvas = np.where(print_mask(scene.shape, size)[:, :, None], np.asarray(printed), np.asarray(plain))  # (H, W, 3)
     dy, dx = scene.seed % size, (scene.seed // size) % size
     image = scene.noise * _noise_field(size)[:, dy:dy + size, dx:dx + size]  # (3, size, size)
-    image += np.asarray(canvas).transpose(2, 0, 1)  # (H, W, 3) -> (3, H, W)
+    image += canvas.transpose(2, 0, 1)  # (H, W, 3) -> (3, H, W)
     return np.clip(image, 0, 255, out=image).astype(np.uint8)
 
 
@@ -394,3 +422,30 @@ def captions(scene: Scene, rng: random.Random) -> dict:
     position = scene.position if rng.random() < 0.5 else None
     return {lang: caption(scene.colour, scene.shape, lang, size, position, rng.randrange(VARIANTS))
             for lang in LANGUAGES}
+
+
+# --------------------------------------------------------------------------------------------------------- examples
+
+EXAMPLES = [("yellow", "star"), ("blue", "heart"), ("green", "triangle"), ("purple", "cross")]  # the first held out
+
+
+def save_examples(folder) -> list:
+    """One picture per EXAMPLES class, large, drawn from a fixed seed, saved as folder/<colour>-<shape>.png."""
+    from pathlib import Path
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for k, (colour, shape) in enumerate(EXAMPLES):
+        rng = random.Random(1000 + k)
+        scene = sample_scene(rng, [(colour, shape)])
+        while scene.size != "large":  # large, to be seen at a glance
+            scene = sample_scene(rng, [(colour, shape)])
+        paths.append(folder / f"{colour}-{shape}.png")
+        render(scene).save(paths[-1])
+    return paths
+
+
+if __name__ == "__main__":
+    import sys
+    for path in save_examples(sys.argv[1] if len(sys.argv) > 1 else "examples/shapes"):
+        print(path)

@@ -4,8 +4,10 @@ pixels that show what the scene says.
 Expected words and sentences here are written out by hand, not read from shapes.py's tables.
 """
 import dataclasses
+import itertools
 import math
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -149,10 +151,15 @@ def test_scene_geometry():
 
 # ------------------------------------------------------------------------------------------------------ pixels
 
+SHADE = 0.6  # the print: motifs in the shape's colour darkened to 60%, one per 14 x 14 cell of the image
+
+
 def shape_mask(scene, image):
-    """Pixels nearer the scene's colour than its background grey: (224, 224) bool."""
+    """Pixels nearer the scene's colour (or the print's darker shade of it) than its background grey: (224, 224)
+    bool."""
     x = image.numpy().astype(np.float32)  # (3, H, W)
-    to_colour = ((x - np.array(scene.rgb, np.float32)[:, None, None]) ** 2).sum(0)
+    rgb = np.array(scene.rgb, np.float32)[:, None, None]
+    to_colour = np.minimum(((x - rgb) ** 2).sum(0), ((x - SHADE * rgb) ** 2).sum(0))
     return to_colour < ((x - scene.background) ** 2).sum(0)
 
 
@@ -162,10 +169,17 @@ def test_pixels_show_the_scene(seed):
     scenes = [shapes.sample_scene(rng, shapes.CLASSES) for _ in range(20)]
     yy, xx = np.mgrid[:224, :224]
     for s, image in zip(scenes, shapes.make_images(scenes).numpy().astype(np.float32)):
-        cx, cy = round(s.x), round(s.y)
-        centre = image[:, cy - 2:cy + 3, cx - 2:cx + 3].mean((1, 2))  # 5 x 5 window at the shape's centre
-        # noise std <= 15 over 25 pixels gives a mean within ~10 of the colour; stated tolerance 12 per channel
-        np.testing.assert_allclose(centre, s.rgb, atol=12, rtol=0)
+        # Near the centre of a large shape (radius >= 58, so the windows lie inside it however it turns): a corner
+        # of the print's 14-px cells (never under a motif: 9.9 px from the cells' centres, the motifs reach 5.5)
+        # shows the colour; the centre of a cell, the darker print.
+        corner_x, corner_y = 14 * round(s.x / 14), 14 * round(s.y / 14)
+        cell_x, cell_y = 14 * math.floor(s.x / 14) + 7, 14 * math.floor(s.y / 14) + 7
+        plain = image[:, corner_y - 1:corner_y + 1, corner_x - 1:corner_x + 1].mean((1, 2))  # 2 x 2 window
+        printed = image[:, cell_y - 1:cell_y + 2, cell_x - 1:cell_x + 2].mean((1, 2))  # 3 x 3 window
+        # noise std <= 15: over 4 pixels the mean is within 2.6 sigma = 20 of the colour, over 9 within 3 sigma = 15
+        if s.size == "large":
+            np.testing.assert_allclose(plain, s.rgb, atol=20, rtol=0)
+            np.testing.assert_allclose(printed, SHADE * np.array(s.rgb), atol=15, rtol=0)
         far = (xx - s.x) ** 2 + (yy - s.y) ** 2 > (s.radius + 2) ** 2  # outside the shape's circle
         background = image[:, far]  # (3, n)
         # thousands of pixels: the mean is the grey level to within ~1, the spread is the noise (to 15%)
@@ -192,11 +206,33 @@ def test_shape_areas_and_centre():
             assert abs(xs.mean() - 112) < 1.5 and abs(ys.mean() - 112) < 1.5, shape
 
 
+def test_the_print_repeats_the_shape_in_every_cell():
+    """Inside a large shape, the darker pixels repeat every 14 px, and each cell's motif is the shape, small: its
+    area is the outline's (times 5.5 px squared) where that is easy to compute, and no two shapes print alike."""
+    areas = {"circle": math.pi, "square": 2.0, "triangle": 3 * math.sqrt(3) / 4}  # times radius^2
+    cells = {}
+    for shape in shapes.SHAPES:
+        scene = shapes.sample_scene(random.Random(4), [("orange", shape)])
+        scene = dataclasses.replace(scene, x=112.0, y=112.0, radius=90.0, angle=0.0, noise=0.5)
+        x = shapes.make_images([scene])[0].numpy().astype(np.float32)
+        rgb = np.array(scene.rgb, np.float32)[:, None, None]
+        dark = ((x - SHADE * rgb) ** 2).sum(0) < ((x - rgb) ** 2).sum(0)  # (224, 224)
+        block = dark[84:140, 84:140]  # 4 x 4 cells around the centre, inside every shape at radius 90
+        assert (block[:42] == block[14:]).mean() > 0.99 and (block[:, :42] == block[:, 14:]).mean() > 0.99, shape
+        cells[shape] = block[14:28, 14:28]
+        if shape in areas:
+            # PIL fills every pixel a small polygon's edge touches: up to ~30% more than the area inside the edge
+            assert cells[shape].sum() == pytest.approx(areas[shape] * 5.5 ** 2, rel=0.3), shape
+    for a, b in itertools.combinations(shapes.SHAPES, 2):
+        assert (cells[a] != cells[b]).sum() >= 8, (a, b)
+
+
 def test_position_and_size_are_visible():
     rng = random.Random(2)
     for _ in range(60):
         s = shapes.sample_scene(rng, shapes.CLASSES)
-        mask = shape_mask(s, shapes.make_images([s])[0])
+        # without noise: the print's dark shade of a colour can be near the grey, and noisy grey pixels pass for it
+        mask = shape_mask(s, shapes.make_images([dataclasses.replace(s, noise=0.0)])[0])
         ys, xs = mask.nonzero()
         cx, cy = xs.mean(), ys.mean()
         side = {"left": cx < 90, "right": cx > 134, "top": cy < 90, "bottom": cy > 134,
@@ -312,3 +348,16 @@ def test_grammar(lang):
         assert shapes.caption(colour, shape, lang, size, position, variant) == expected
     colour, shape = GRAMMAR[lang][0][0][:2]
     assert shapes.label(colour, shape, lang) == GRAMMAR[lang][0][1]
+
+
+def test_committed_example_pictures_are_what_save_examples_draws(tmp_path):
+    """examples/shapes/*.png are `python shapes.py examples/shapes`'s output (compared as pixels, not PNG bytes), and
+    the first example is a held-out class, as the README says."""
+    from PIL import Image
+
+    committed = Path(__file__).resolve().parents[1] / "examples" / "shapes"
+    paths = shapes.save_examples(tmp_path)
+    assert sorted(p.name for p in committed.glob("*.png")) == sorted(p.name for p in paths)
+    for path in paths:
+        assert np.array_equal(np.asarray(Image.open(path)), np.asarray(Image.open(committed / path.name))), path.name
+    assert shapes.EXAMPLES[0] in shapes.HELD_OUT and paths[0].name == "yellow-star.png"
