@@ -57,11 +57,11 @@ from tokenizer import MODEL_FILE, Tokenizer  # noqa: E402
 
 @dataclass(frozen=True)
 class Recipe:
-    # towers: the image tower reads the 224 px images resized to 112 px, in 16 px patches (7 × 7 + 1 tokens)
-    image_size: int = 112
-    patch_size: int = 16
-    vision_width: int = 96
-    vision_layers: int = 3
+    # towers: the image tower reads 224 px images in 14 px patches (16 × 16 + 1 tokens), as CLIP ViT-L/14
+    image_size: int = 224
+    patch_size: int = 14
+    vision_width: int = 64
+    vision_layers: int = 2
     text_width: int = 96  # the teacher's text tower, and the width of its text representation (project_dim)
     text_layers: int = 2
     student_width: int = 96  # the student's own width; its transformation maps it to the teacher's text_width
@@ -76,10 +76,10 @@ class Recipe:
     tokenizer_scenes: int = 4000  # scenes whose captions, in every language, train the tokenizer
     test_per_class: int = 20  # 36 classes × 20 = 720 test images
     # schedule: AdamW, linear warm-up, cosine decay to zero
-    steps0: int = 600
+    steps0: int = 400
     batch0: int = 128
     lr0: float = 2e-3
-    steps1: int = 1500
+    steps1: int = 700
     batch1: int = 32  # scenes per step, each in all ten languages: 320 captions
     lr1: float = 1e-3
     steps2: int = 300
