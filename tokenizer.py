@@ -275,6 +275,18 @@ class Tokenizer:
         return min(0.0, *map(self.sp.get_score, range(4, self.mask_token_id))) - UNK_PENALTY
 
 
+def write_config(folder, model_max_length: int):
+    """tokenizer_config.json and special_tokens_map.json, as BAAI/AltCLIP ships them (the tokenizer's class, its
+    length limit, XLM-R's special tokens): written beside a sentencepiece.bpe.model, they make a folder that
+    `Tokenizer.from_pretrained` and the reference's AutoTokenizer both read."""
+    folder = pathlib.Path(folder)
+    (folder / "tokenizer_config.json").write_text(json.dumps(
+        {"tokenizer_class": "XLMRobertaTokenizer", "model_max_length": model_max_length}, indent=2) + "\n")
+    (folder / "special_tokens_map.json").write_text(json.dumps(
+        {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "sep_token": "</s>", "pad_token": "<pad>",
+         "cls_token": "<s>", "mask_token": "<mask>"}, indent=2) + "\n")
+
+
 class Pieces(collections.abc.Sequence):
     """The tokens by fairseq id, looked up in sentencepiece when asked for (a list of 250,000 takes time to make)."""
 

@@ -50,7 +50,7 @@ from tqdm import tqdm  # noqa: E402
 import shapes  # noqa: E402
 from altclip import CLIP_MEAN, CLIP_STD, AltCLIP, AltCLIPConfig, TextConfig, VisionConfig  # noqa: E402
 from load_weights import CheckpointError, load_pretrained, save_pretrained  # noqa: E402
-from tokenizer import MODEL_FILE, Tokenizer  # noqa: E402
+from tokenizer import MODEL_FILE, Tokenizer, write_config  # noqa: E402
 
 # -----------------------------------------------------------------------------
 # The recipe's sizes and schedule. The defaults made examples/mini-altclip.
@@ -179,16 +179,8 @@ def train_tokenizer(texts, folder: Path, vocab_size: int, max_length: int) -> To
                                    minloglevel=2)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / MODEL_FILE).write_bytes(model.getvalue())
-    write_tokenizer_config(folder, max_length)
+    write_config(folder, max_length)
     return Tokenizer(folder / MODEL_FILE, model_max_length=max_length)
-
-
-def write_tokenizer_config(folder: Path, max_length: int):
-    (folder / "tokenizer_config.json").write_text(json.dumps(
-        {"tokenizer_class": "XLMRobertaTokenizer", "model_max_length": max_length}, indent=2) + "\n")
-    (folder / "special_tokens_map.json").write_text(json.dumps(
-        {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "sep_token": "</s>", "pad_token": "<pad>",
-         "cls_token": "<s>", "mask_token": "<mask>"}, indent=2) + "\n")
 
 
 @dataclass

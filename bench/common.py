@@ -117,6 +117,8 @@ def train_tokenizer(folder: Path, vocab_size: int):
     import random
 
     import sentencepiece as spm
+
+    import tokenizer
     rng = random.Random(SEED)
     words = ("a photo of the cat dog bird house car tree city river mountain ein Foto der Katze Hund une photo du "
              "chat chien 一张 猫 的 照片 狗").split()
@@ -126,11 +128,7 @@ def train_tokenizer(folder: Path, vocab_size: int):
                                    vocab_size=vocab_size, hard_vocab_limit=False, character_coverage=1.0,
                                    normalization_rule_name="nmt_nfkc", num_threads=1, minloglevel=2)
     (folder / "sentencepiece.bpe.model").write_bytes(buf.getvalue())
-    (folder / "tokenizer_config.json").write_text(json.dumps(
-        {"tokenizer_class": "XLMRobertaTokenizer", "model_max_length": 512}, indent=2))
-    (folder / "special_tokens_map.json").write_text(json.dumps(
-        {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "sep_token": "</s>", "pad_token": "<pad>",
-         "cls_token": "<s>", "mask_token": "<mask>"}, indent=2))
+    tokenizer.write_config(folder, 512)
 
 
 def ensure_checkpoint(folder: Path = DEFAULT_MODEL, log=print) -> Path:

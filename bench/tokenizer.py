@@ -124,6 +124,8 @@ def build_model(folder: Path = MODEL, pieces: int = PIECES, seed: int = SEED) ->
     from sentencepiece import sentencepiece_model_pb2 as pb
     from spm_fixture import corpus
 
+    import tokenizer
+
     t0 = time.perf_counter()
     lines = corpus(lines_per_language=200) + all_captions()
     buf = io.BytesIO()
@@ -159,11 +161,7 @@ def build_model(folder: Path = MODEL, pieces: int = PIECES, seed: int = SEED) ->
     tmp = folder.with_name(folder.name + ".tmp")
     tmp.mkdir(parents=True, exist_ok=True)
     (tmp / "sentencepiece.bpe.model").write_bytes(proto.SerializeToString())
-    (tmp / "tokenizer_config.json").write_text(json.dumps(
-        {"tokenizer_class": "XLMRobertaTokenizer", "model_max_length": 512}, indent=2))
-    (tmp / "special_tokens_map.json").write_text(json.dumps(
-        {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "sep_token": "</s>", "pad_token": "<pad>",
-         "cls_token": "<s>", "mask_token": "<mask>"}, indent=2))
+    tokenizer.write_config(tmp, 512)
     (tmp / "build.json").write_text(json.dumps(
         {"pieces": pieces, "trained_pieces": len(trained), "seed": seed,
          "seconds": round(time.perf_counter() - t0, 1)}, indent=2))
