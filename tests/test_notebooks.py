@@ -149,6 +149,18 @@ def test_committed_notebook_is_executed_and_clean(path):
     assert len({cell.id for cell in nb.cells}) == len(nb.cells)
 
 
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_committed_outputs_name_no_local_path(path):
+    """The committed outputs are read on the repository page: no absolute path of the machine that saved them (the
+    repository's folder, the home folder, the virtual environment's site-packages in a traceback or warning)."""
+    nb = nbformat.read(path, as_version=4)
+    outputs = [out for cell in nb.cells if cell.cell_type == "code" for out in cell.outputs]
+    text = "\n".join([out.get("text", "") for out in outputs] + ["\n".join(out.get("traceback", [])) for out in outputs]
+                     + [str(v) for out in outputs for k, v in out.get("data", {}).items() if k.startswith("text/")])
+    for local in {str(ROOT), str(Path.home()), sys.prefix} - {"/"}:
+        assert local not in text, f"{path.name}'s outputs name {local}"
+
+
 def test_run_leaves_out_the_training_notebook_without_the_mini_model(monkeypatch, tmp_path, capsys):
     """notebooks/run.py without examples/mini-altclip: 05 is not in the default list, and named, it is refused in
     one line (not executed to fail on the missing folder). Fast: nothing is executed."""
