@@ -426,6 +426,8 @@ class AltCLIP(nn.Module):
             ok, why = kernels.available()
             if not ok:
                 raise RuntimeError(f"the Triton kernels cannot run here: {why}")
+            if (why := kernels.unsupported_shapes(self.config)) is not None:
+                raise RuntimeError(f"the Triton kernels cannot run this model: {why}")
             fast = kernels
         for m in self.modules():
             if isinstance(m, (Attention, LayerNorm)):

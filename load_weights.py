@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from altclip import AltCLIP, config_from_dict
+from altclip import AltCLIP, AltCLIPConfig, config_from_dict
 
 # -----------------------------------------------------------------------------
 # The mapping: checkpoint name → our name. `{i}` is a block index. Names are those of the BAAI/AltCLIP checkpoint.
@@ -388,7 +388,6 @@ def load_pretrained(source: str | Path = "BAAI/AltCLIP", *, dtype: torch.dtype =
     A bfloat16/float16 model on a CPU without native instructions for it works, emulated and ~5x slower than
     float32: a kernels.cpu.EmulatedDtypeWarning says so.
     """
-    use_kernels = _want_kernels(kernels, torch.device(device))
     if torch.device(device).type == "cpu" and dtype in (torch.bfloat16, torch.float16):
         from kernels import cpu
         if (message := cpu.emulation_warning(dtype)) is not None:
@@ -397,6 +396,7 @@ def load_pretrained(source: str | Path = "BAAI/AltCLIP", *, dtype: torch.dtype =
         _check_onednn(dtype, torch.device(device))
     folder, weights = resolve(source)
     config = load_config(folder)
+    use_kernels = _want_kernels(kernels, torch.device(device), config)
     with torch.device("meta"):  # shapes only: no memory and no random initialisation
         model = AltCLIP(config)
     # Memory-mapped: pages are read on first use. Safetensors map each tensor on its own, so tensors copied on the
@@ -423,17 +423,20 @@ def _check_onednn(dtype: torch.dtype, device: torch.device):
         raise RuntimeError(f"onednn=True, but {why}")
 
 
-def _want_kernels(kernels: bool | None, device: torch.device) -> bool:
+def _want_kernels(kernels: bool | None, device: torch.device, config: AltCLIPConfig) -> bool:
     if kernels is False or (kernels is None and device.type != "cuda"):
         return False  # decided without importing Triton, which takes a while
     import kernels as triton_kernels
 
     ok, why = triton_kernels.available()
     interpreted = triton_kernels.interpreted()
+    shapes = triton_kernels.unsupported_shapes(config)
     if kernels is None:
-        return ok and not interpreted
+        return ok and not interpreted and shapes is None
     if not ok:
         raise RuntimeError(f"kernels=True, but the Triton kernels cannot run here: {why}")
+    if shapes is not None:
+        raise RuntimeError(f"kernels=True, but the Triton kernels cannot run this model: {shapes}")
     if device.type != "cuda" and not interpreted:
         raise RuntimeError(f"kernels=True needs the model on a CUDA device (got {device}), or TRITON_INTERPRET=1 "
                            f"to run the kernels in Triton's CPU interpreter")

@@ -15,6 +15,8 @@ Files: attention.py (attention, attention_reference), layernorm.py (layer_norm, 
 """
 import os
 
+HEAD_SIZES = (16, 32, 64, 128)  # the head sizes D the attention kernel is compiled for (attention.py)
+
 
 def _interpret_env() -> bool:
     return os.environ.get("TRITON_INTERPRET", "").strip().lower() in ("1", "true", "on", "yes")
@@ -37,6 +39,18 @@ else:
         raise RuntimeError(f"the Triton kernels cannot run here: {_TRITON_ERROR}")
 
     attention = attention_reference = layer_norm = layer_norm_reference = _unavailable
+
+
+def unsupported_shapes(config) -> str | None:
+    """Why the kernels cannot run a model of this AltCLIPConfig (a tower whose head size is not in HEAD_SIZES: the
+    mini AltCLIP's text tower has 96 / 4 = 24), or None when they can."""
+    for name, tower in (("image", config.vision), ("text", config.text)):
+        head = tower.hidden_size // tower.num_attention_heads
+        if head not in HEAD_SIZES:
+            return (f"the {name} tower's attention heads have size {head} ({tower.hidden_size} / "
+                    f"{tower.num_attention_heads} heads), and the Triton attention kernel takes "
+                    f"{', '.join(map(str, HEAD_SIZES))}")
+    return None
 
 
 def interpreted() -> bool:

@@ -52,6 +52,8 @@ import torch
 import triton
 import triton.language as tl
 
+from . import HEAD_SIZES
+
 
 @triton.jit
 def _attention_fwd_kernel(
@@ -198,8 +200,8 @@ def attention(q, k, v, attention_mask=None, scale=None, *, _blocks=None):
     if not (q.device == k.device == v.device):
         raise ValueError(f"q, k, v must be on one device, got {q.device}, {k.device}, {v.device}")
     B, H, N, D = q.shape
-    if D not in (16, 32, 64, 128):
-        raise ValueError(f"head size D must be 16, 32, 64 or 128, got {D}")
+    if D not in HEAD_SIZES:
+        raise ValueError(f"head size D must be one of {HEAD_SIZES}, got {D}")
     for name, t in (("q", q), ("k", k), ("v", v)):
         if t.stride(-1) != 1:
             raise ValueError(f"{name} must be contiguous along its last dimension (stride 1), "

@@ -85,3 +85,22 @@ def test_text_features_with_padding_skipped(folder):
     with torch.no_grad():
         torch.testing.assert_close(fast.get_text_features(ids.to(DEVICE), mask.to(DEVICE)),
                                    slow.get_text_features(ids.to(DEVICE), mask.to(DEVICE)), **F32)
+
+
+def test_a_head_size_the_kernel_lacks_is_refused_or_left_to_torch(folder, monkeypatch):
+    """The mini AltCLIP's text tower has heads of 24 (96 wide, 4 heads), which the attention kernel does not take:
+    kernels=True and use_kernels(True) say so in one line, and kernels=None on a CUDA machine runs torch instead of
+    failing in the first forward."""
+    import load_weights
+
+    mini = Path(__file__).resolve().parents[1] / "examples" / "mini-altclip"
+    with pytest.raises(RuntimeError, match=r"text tower's attention heads have size 24 \(96 / 4 heads\)"):
+        load_pretrained(mini, kernels=True)
+    model = load_pretrained(mini, kernels=False)
+    with pytest.raises(RuntimeError, match="cannot run this model: the text tower's attention heads have size 24"):
+        model.use_kernels(True)
+    assert not model.kernels
+    monkeypatch.setattr(kernels, "available", lambda: (True, "as on a machine with a CUDA device"))
+    monkeypatch.setattr(kernels, "interpreted", lambda: False)
+    assert not load_weights._want_kernels(None, torch.device("cuda"), model.config)
+    assert load_weights._want_kernels(None, torch.device("cuda"), load_weights.load_config(folder))
