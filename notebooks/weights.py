@@ -126,9 +126,10 @@ def mini(folder: Path = MINI, why: str = "asked for"):
         f"the mini AltCLIP in {where} ({n / 1e3:.0f}K parameters; {_describe(model)}), trained by train.py with "
         f"the paper's recipe on generated images of ONE COLOURED SHAPE on a grey background (6 colours × 6 shapes, "
         f"small or large, left/right/top/bottom/centre; shapes.py) and their captions in {len(langs) or 'ten'} "
-        f"languages ({', '.join(langs)}). It knows that world and nothing else: colours, shapes, sizes and "
-        f"positions, in those languages. A photo of a cat is outside it, and so is any word its captions never "
-        f"used. It runs here because {why} (for the real model, set ALTCLIP_WEIGHTS=/path/to/AltCLIP or download "
+        f"languages ({', '.join(langs)}). Each shape is printed with small copies of itself, one per 14-px patch: "
+        f"that print, not the outline, is how it tells shapes apart. It knows that world and nothing else: "
+        f"colours, shapes, sizes and positions, in those languages. A photo of a cat is outside it, and so is any "
+        f"word its captions never used. It runs here because {why} (for the real model, set ALTCLIP_WEIGHTS=/path/to/AltCLIP or download "
         f"BAAI/AltCLIP into the hub cache)."), folder)
 
 

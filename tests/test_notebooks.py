@@ -110,6 +110,7 @@ def test_committed_notebook_names_its_model_first(path):
     if HAS_MINI:
         assert text.startswith(MINI_NAMED), f"{path.name}'s first output: {text[:200]!r}"
         assert "ONE COLOURED SHAPE" in text and "cat" in text  # what it knows, and what it cannot see
+        assert "that print, not the outline, is how it tells shapes apart" in text  # and how it sees shapes
     else:
         assert text.startswith(RANDOM_NAMED), f"{path.name}'s first output: {text[:200]!r}"
         assert "MEANINGLESS" in text
