@@ -388,6 +388,7 @@ def load_pretrained(source: str | Path = "BAAI/AltCLIP", *, dtype: torch.dtype =
     A bfloat16/float16 model on a CPU without native instructions for it works, emulated and ~5x slower than
     float32: a kernels.cpu.EmulatedDtypeWarning says so.
     """
+    use_kernels = _want_kernels(kernels, torch.device(device))  # before any download: kernels=True fails fast
     if torch.device(device).type == "cpu" and dtype in (torch.bfloat16, torch.float16):
         from kernels import cpu
         if (message := cpu.emulation_warning(dtype)) is not None:
@@ -396,7 +397,7 @@ def load_pretrained(source: str | Path = "BAAI/AltCLIP", *, dtype: torch.dtype =
         _check_onednn(dtype, torch.device(device))
     folder, weights = resolve(source)
     config = load_config(folder)
-    use_kernels = _want_kernels(kernels, torch.device(device), config)
+    use_kernels = use_kernels and _want_kernels(kernels, torch.device(device), config)  # and the model's shapes
     with torch.device("meta"):  # shapes only: no memory and no random initialisation
         model = AltCLIP(config)
     # Memory-mapped: pages are read on first use. Safetensors map each tensor on its own, so tensors copied on the
@@ -423,14 +424,16 @@ def _check_onednn(dtype: torch.dtype, device: torch.device):
         raise RuntimeError(f"onednn=True, but {why}")
 
 
-def _want_kernels(kernels: bool | None, device: torch.device, config: AltCLIPConfig) -> bool:
+def _want_kernels(kernels: bool | None, device: torch.device, config: AltCLIPConfig | None = None) -> bool:
+    """Whether to run the Triton kernels: whether they can run here and, given the model's `config`, whether its
+    shapes fit them. kernels=True raises where the answer is no."""
     if kernels is False or (kernels is None and device.type != "cuda"):
         return False  # decided without importing Triton, which takes a while
     import kernels as triton_kernels
 
     ok, why = triton_kernels.available()
     interpreted = triton_kernels.interpreted()
-    shapes = triton_kernels.unsupported_shapes(config)
+    shapes = None if config is None else triton_kernels.unsupported_shapes(config)
     if kernels is None:
         return ok and not interpreted and shapes is None
     if not ok:

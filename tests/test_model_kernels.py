@@ -77,6 +77,22 @@ def test_forcing_kernels_without_gpu_or_interpreter_is_a_clear_error(folder):
     assert "kernels=True" in proc.stdout and "TRITON_INTERPRET=1" in proc.stdout
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error raised on a machine without CUDA")
+def test_forcing_kernels_fails_before_anything_is_downloaded():
+    """kernels=True where they cannot run says so before resolving a hub id (which would download the weights)."""
+    code = ("import load_weights, sys\n"
+            "load_weights.resolve = lambda *a, **k: sys.exit('resolve was called')\n"
+            "try:\n"
+            "    load_weights.load_pretrained('BAAI/AltCLIP', kernels=True)\n"
+            "except RuntimeError as e:\n"
+            "    print(e); sys.exit(3)\n")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    proc = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1], env=env,
+                          capture_output=True, text=True)
+    assert proc.returncode == 3, proc.stderr
+    assert "kernels=True" in proc.stdout
+
+
 def test_text_features_with_padding_skipped(folder):
     """get_text_features packs the real tokens; with the kernels, attention still sees each text's own tokens."""
     fast = load_pretrained(folder, device=DEVICE, kernels=True)
