@@ -49,6 +49,7 @@ from tqdm import tqdm  # noqa: E402
 
 import shapes  # noqa: E402
 from altclip import CLIP_MEAN, CLIP_STD, AltCLIP, AltCLIPConfig, TextConfig, VisionConfig  # noqa: E402
+from cli import positive_int  # noqa: E402
 from load_weights import CheckpointError, load_pretrained, save_pretrained  # noqa: E402
 from tokenizer import MODEL_FILE, Tokenizer, write_config  # noqa: E402
 
@@ -536,12 +537,6 @@ def _cached_teacher(folder: Path, recipe: Recipe, seed: int, spm_model: Path):
 
 # -----------------------------------------------------------------------------
 # Command line.
-
-
-def positive_int(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {text!r}")
-    return int(text)
 
 
 def non_negative_int(text: str) -> int:
