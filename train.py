@@ -526,7 +526,9 @@ def _cached_teacher(folder: Path, recipe: Recipe, seed: int, spm_model: Path):
         same_tokenizer = (folder / MODEL_FILE).read_bytes() == spm_model.read_bytes()
     except OSError:
         return None
-    stage0 = {k: v for k, v in asdict(recipe).items() if k.endswith("0") or k.startswith(("vision", "text", "patch"))}
+    later = {"student_width", "student_layers", "steps1", "batch1", "lr1", "images2", "steps2", "batch2", "lr2",
+             "test_per_class"}  # the fields stage 0 never reads; every other one may change the teacher
+    stage0 = {k: v for k, v in asdict(recipe).items() if k not in later}
     if meta["seed"] != seed or not same_tokenizer or any(meta["recipe"].get(k) != v for k, v in stage0.items()):
         return None
     model = load_pretrained(folder)

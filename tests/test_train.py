@@ -176,6 +176,16 @@ def test_smoke_run_writes_a_loadable_checkpoint_and_is_deterministic(tmp_path):
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
 
 
+def test_teacher_cache_is_reused_only_for_the_same_stage_0(tmp_path):
+    """--teacher-cache: a later run with the same stage-0 recipe reuses the teacher; one that changes anything
+    stage 0 reads (here the number of heads, or the weight decay) trains a new one."""
+    train.train(tmp_path / "a", TINY, teacher_cache=tmp_path / "cache")
+    spm = tmp_path / "a" / "sentencepiece.bpe.model"
+    assert train._cached_teacher(tmp_path / "cache", replace(TINY, steps2=5, lr1=0.5), 0, spm) is not None
+    for changed in (replace(TINY, heads=1), replace(TINY, weight_decay=0.0)):
+        assert train._cached_teacher(tmp_path / "cache", changed, 0, spm) is None
+
+
 def test_bad_arguments_are_one_line(tmp_path, capsys):
     def run(*args):
         try:
