@@ -63,16 +63,22 @@ def test_auto_picks_torch_without_cuda(folder):
     assert not load_pretrained(folder, kernels=None).kernels
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error raised on a machine without CUDA")
-def test_forcing_kernels_without_gpu_or_interpreter_is_a_clear_error(folder):
-    code = ("import load_weights, sys\n"
+def load_forcing_kernels_without_interpreter(source: str, before: str = ""):
+    """Run `before`, then load_pretrained(source, kernels=True), in a fresh Python without TRITON_INTERPRET (the
+    kernels read it at import). Exit status 3 and the message on stdout when it raises RuntimeError."""
+    code = ("import load_weights, sys\n" + before +
             "try:\n"
-            f"    load_weights.load_pretrained({str(folder)!r}, kernels=True)\n"
+            f"    load_weights.load_pretrained({source!r}, kernels=True)\n"
             "except RuntimeError as e:\n"
             "    print(e); sys.exit(3)\n")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    proc = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1], env=env,
+    return subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1], env=env,
                           capture_output=True, text=True)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error raised on a machine without CUDA")
+def test_forcing_kernels_without_gpu_or_interpreter_is_a_clear_error(folder):
+    proc = load_forcing_kernels_without_interpreter(str(folder))
     assert proc.returncode == 3, proc.stderr
     assert "kernels=True" in proc.stdout and "TRITON_INTERPRET=1" in proc.stdout
 
@@ -80,15 +86,8 @@ def test_forcing_kernels_without_gpu_or_interpreter_is_a_clear_error(folder):
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error raised on a machine without CUDA")
 def test_forcing_kernels_fails_before_anything_is_downloaded():
     """kernels=True where they cannot run says so before resolving a hub id (which would download the weights)."""
-    code = ("import load_weights, sys\n"
-            "load_weights.resolve = lambda *a, **k: sys.exit('resolve was called')\n"
-            "try:\n"
-            "    load_weights.load_pretrained('BAAI/AltCLIP', kernels=True)\n"
-            "except RuntimeError as e:\n"
-            "    print(e); sys.exit(3)\n")
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    proc = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1], env=env,
-                          capture_output=True, text=True)
+    proc = load_forcing_kernels_without_interpreter(
+        "BAAI/AltCLIP", before="load_weights.resolve = lambda *a, **k: sys.exit('resolve was called')\n")
     assert proc.returncode == 3, proc.stderr
     assert "kernels=True" in proc.stdout
 
