@@ -195,7 +195,7 @@ class Attention(nn.Module):
             att = scores.softmax(dim=-1)  # in float32, whatever the model's dtype
             y = att.to(v.dtype) @ v  # (B, nh, N, hs)
         elif self.fast is not None:
-            # Triton flash attention (kernels/attention.py): online softmax, padded key blocks skipped.
+            # Triton flash attention (altclip_kernels/attention.py): online softmax, padded key blocks skipped.
             att = None
             y = self.fast.attention(q, k, v, mask)
         else:
@@ -414,21 +414,21 @@ class AltCLIP(nn.Module):
         self.logit_scale = nn.Parameter(torch.tensor(config.logit_scale_init_value))
 
     def use_kernels(self, on: bool = True):
-        """Run attention and LayerNorm with the Triton kernels of kernels/ (on=True) or with torch (on=False).
+        """Run attention and LayerNorm with the Triton kernels of altclip_kernels/ (on=True) or with torch (on=False).
 
         Raises RuntimeError, with the reason, when the kernels cannot run here. Attention probabilities
         (output_attentions=True) always come from the readable path. Returns the model.
         """
         fast = None
         if on:
-            import kernels  # imported only when asked for: the model itself needs no Triton
+            import altclip_kernels  # imported only when asked for: the model itself needs no Triton
 
-            ok, why = kernels.available()
+            ok, why = altclip_kernels.available()
             if not ok:
                 raise RuntimeError(f"the Triton kernels cannot run here: {why}")
-            if (why := kernels.unsupported_shapes(self.config)) is not None:
+            if (why := altclip_kernels.unsupported_shapes(self.config)) is not None:
                 raise RuntimeError(f"the Triton kernels cannot run this model: {why}")
-            fast = kernels
+            fast = altclip_kernels
         for m in self.modules():
             if isinstance(m, (Attention, LayerNorm)):
                 m.fast = fast
@@ -441,7 +441,7 @@ class AltCLIP(nn.Module):
 
     @property
     def onednn(self) -> bool:
-        """Whether the blocks' linears were packed for oneDNN (kernels/onednn.py, at load time)."""
+        """Whether the blocks' linears were packed for oneDNN (altclip_kernels/onednn.py, at load time)."""
         return len(self.text_model.blocks) > 0 and not isinstance(self.text_model.blocks[0].mlp.fc1, nn.Linear)
 
     @property

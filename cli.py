@@ -211,13 +211,13 @@ def check_image(path: str):
 
 def choose_onednn(mode: str, n_images: int, device: str, dtype: torch.dtype) -> tuple[bool, str]:
     """--onednn auto|on|off → (pack the linears?, why, for -v). auto packs only for ONEDNN_MIN_IMAGES or more images
-    to embed on a CPU class where packing was measured faster for this dtype (kernels/onednn.faster_here); "on" lets
+    to embed on a CPU class where packing was measured faster for this dtype (altclip_kernels/onednn.faster_here); "on" lets
     load_pretrained raise if it cannot be done here."""
     if mode != "auto":
         return mode == "on", ""
     if torch.device(device).type != "cpu" or n_images < ONEDNN_MIN_IMAGES:
         return False, ""
-    from kernels import onednn
+    from altclip_kernels import onednn
     return onednn.faster_here(dtype)
 
 
@@ -243,7 +243,7 @@ def load_model(args, n_images: int):
     if args.verbose:
         where = args.device
         if torch.device(args.device).type == "cpu":
-            from kernels import cpu
+            from altclip_kernels import cpu
             where = f"cpu ({cpu.describe()})"
         say(f"{args.model} loaded in {time.perf_counter() - t0:.1f} s: {args.dtype} on {where}, "
             f"compute path: {model.path}" + (f" ({why_onednn})" if why_onednn else ""))

@@ -382,15 +382,15 @@ def load_pretrained(source: str | Path = "BAAI/AltCLIP", *, dtype: torch.dtype =
     kernels: None picks the Triton kernels when the model is on a CUDA device and Triton is installed, torch
     otherwise; True insists on them (RuntimeError saying why when they cannot run; Triton's CPU interpreter,
     TRITON_INTERPRET=1, counts as able to run); False never uses them. `model.kernels` tells which path is on.
-    onednn: on CPU, pack the blocks' linear layers for oneDNN with the MLP activations fused (kernels/onednn.py):
+    onednn: on CPU, pack the blocks' linear layers for oneDNN with the MLP activations fused (altclip_kernels/onednn.py):
     about 1.3x the throughput on AVX-512 CPUs, for a few seconds more at load, but slower on AVX2-only ones
-    (`kernels.onednn.faster_here()` says which). RuntimeError saying why when it cannot be done here.
+    (`altclip_kernels.onednn.faster_here()` says which). RuntimeError saying why when it cannot be done here.
     A bfloat16/float16 model on a CPU without native instructions for it works, emulated and ~5x slower than
-    float32: a kernels.cpu.EmulatedDtypeWarning says so.
+    float32: a altclip_kernels.cpu.EmulatedDtypeWarning says so.
     """
     use_kernels = _want_kernels(kernels, torch.device(device))  # before any download: kernels=True fails fast
     if torch.device(device).type == "cpu" and dtype in (torch.bfloat16, torch.float16):
-        from kernels import cpu
+        from altclip_kernels import cpu
         if (message := cpu.emulation_warning(dtype)) is not None:
             warnings.warn(message, cpu.EmulatedDtypeWarning, stacklevel=2)
     if onednn:
@@ -409,13 +409,13 @@ def load_pretrained(source: str | Path = "BAAI/AltCLIP", *, dtype: torch.dtype =
     model.load_state_dict(state, strict=True, assign=True)
     del state  # the model holds the only references now, so packing can drop each original as it goes
     if onednn:
-        from kernels import onednn as onednn_kernels
+        from altclip_kernels import onednn as onednn_kernels
         onednn_kernels.pack(model)
     return model.use_kernels(use_kernels).eval()
 
 
 def _check_onednn(dtype: torch.dtype, device: torch.device):
-    from kernels import onednn as onednn_kernels
+    from altclip_kernels import onednn as onednn_kernels
 
     ok, why = onednn_kernels.available(dtype)
     if device.type != "cpu":
@@ -429,7 +429,7 @@ def _want_kernels(kernels: bool | None, device: torch.device, config: AltCLIPCon
     shapes fit them. kernels=True raises where the answer is no."""
     if kernels is False or (kernels is None and device.type != "cuda"):
         return False  # decided without importing Triton, which takes a while
-    import kernels as triton_kernels
+    import altclip_kernels as triton_kernels
 
     ok, why = triton_kernels.available()
     interpreted = triton_kernels.interpreted()

@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 
 import common
-from kernels import onednn
+from altclip_kernels import onednn
 from common import IMPLS, OUT, ROOT, THROUGHPUT_IMPLS, run_measured
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -233,7 +233,7 @@ def machine() -> dict:
     except OSError:
         commit = "?"
     import transformers
-    from kernels import cpu as cpu_class
+    from altclip_kernels import cpu as cpu_class
     return {"cpu": cpu, "cores": os.cpu_count(), "isa": isa, "torch": torch.__version__,
             "cpu_class": cpu_class.describe(),
             "cpu_capability": torch.backends.cpu.get_cpu_capability(), "transformers": transformers.__version__,
@@ -322,7 +322,7 @@ def table(info: dict, res: dict, args) -> str:
              f"- machine: {info['cpu']}, {info['cores']} cores ({', '.join(info['isa'])}); torch {info['torch']} "
              f"({info['cpu_capability']}), {info['threads']} threads; transformers {info['transformers']} "
              f"(the reference, SDPA attention); Python {info['python']}",
-             f"- CPU class: {info['cpu_class']} (kernels/cpu.py; it decides what --onednn auto packs)",
+             f"- CPU class: {info['cpu_class']} (altclip_kernels/cpu.py; it decides what --onednn auto packs)",
              f"- date: {info['date']}; checkout {info['commit']}; load average at start "
              f"{' '.join(info['loadavg_start'])}, at end {' '.join(info['loadavg_end'])}",
              f"- weights: random full-size AltCLIP ({rel(args.model)}, seed {common.SEED}), the same file for both"]

@@ -16,9 +16,9 @@ timed with triton.testing.do_bench (median of repeated runs, L2 flushed between 
   `h = x + r; layer_norm(h)`, unfused): GB/s counting each tensor read or written once (x, y; plus r and h with
   the residual), against the device's peak memory bandwidth and a measured device-to-device copy.
 
-On a machine without a CUDA device the script sets TRITON_INTERPRET=1 (before `kernels` is imported: the
+On a machine without a CUDA device the script sets TRITON_INTERPRET=1 (before `altclip_kernels` is imported: the
 @triton.jit decorators read it), runs the correctness checks at small shapes in Triton's CPU interpreter, says that
-timings need a GPU, and exits 0 (1 if a check fails). The tile sizes in kernels/ are untuned defaults; this script
+timings need a GPU, and exits 0 (1 if a check fails). The tile sizes in altclip_kernels/ are untuned defaults; this script
 is where to tune them.
 """
 import os
@@ -64,20 +64,20 @@ def attention_flops(lengths, H, D):
 # ---------------------------------------------------------------------------------------------- checks
 
 
-def check_attention(kernels, B, H, N, D, dtype, lengths=None, *, device):
-    """Max abs error of kernels.attention vs the fp32 reference, and whether it is within the dtype's tolerance."""
+def check_attention(altclip_kernels, B, H, N, D, dtype, lengths=None, *, device):
+    """Max abs error of altclip_kernels.attention vs the fp32 reference, and whether it is within the dtype's tolerance."""
     import torch
 
     q, k, v = fused_qkv(B, H, N, D, dtype, device)
     mask = None if lengths is None else padding_mask(lengths, N, device)
-    out = kernels.attention(q, k, v, mask).float()
-    ref = kernels.attention_reference(q.float(), k.float(), v.float(), mask)
+    out = altclip_kernels.attention(q, k, v, mask).float()
+    ref = altclip_kernels.attention_reference(q.float(), k.float(), v.float(), mask)
     atol, rtol = ATTENTION_TOL[str(dtype).removeprefix("torch.")]
     ok = bool(torch.isclose(out, ref, atol=atol, rtol=rtol).all())
     return (out - ref).abs().max().item(), ok
 
 
-def check_layer_norm(kernels, M, W, dtype, device, residual):
+def check_layer_norm(altclip_kernels, M, W, dtype, device, residual):
     import torch
 
     g = torch.Generator(device=device).manual_seed(0)
@@ -85,25 +85,25 @@ def check_layer_norm(kernels, M, W, dtype, device, residual):
     w, b = (torch.randn(W, generator=g, device=device).to(dtype) for _ in range(2))
     atol, rtol = LAYER_NORM_TOL[str(dtype).removeprefix("torch.")]
     if residual:
-        y, h = kernels.layer_norm(x, w, b, residual=r)
-        ref = kernels.layer_norm_reference(h.float(), w, b)  # y must be LN of exactly the h returned
+        y, h = altclip_kernels.layer_norm(x, w, b, residual=r)
+        ref = altclip_kernels.layer_norm_reference(h.float(), w, b)  # y must be LN of exactly the h returned
         ok_h = bool(torch.isclose(h.float(), x.float() + r.float(), atol=atol, rtol=rtol).all())
     else:
-        y, ok_h = kernels.layer_norm(x, w, b), True
-        ref = kernels.layer_norm_reference(x.float(), w, b)
+        y, ok_h = altclip_kernels.layer_norm(x, w, b), True
+        ref = altclip_kernels.layer_norm_reference(x.float(), w, b)
     ok = ok_h and bool(torch.isclose(y.float(), ref, atol=atol, rtol=rtol).all())
     return (y.float() - ref).abs().max().item(), ok
 
 
-def run_checks(kernels, device, cases_attention, cases_layer_norm):
+def run_checks(altclip_kernels, device, cases_attention, cases_layer_norm):
     print(f"{'correctness vs fp32 reference':<58} {'max |err|':>10}  result")
     all_ok = True
     for name, args in cases_attention:
-        err, ok = check_attention(kernels, *args, device=device)
+        err, ok = check_attention(altclip_kernels, *args, device=device)
         all_ok &= ok
         print(f"  {name:<56} {err:>10.2e}  {'ok' if ok else 'FAIL'}")
     for name, (M, W, dtype, residual) in cases_layer_norm:
-        err, ok = check_layer_norm(kernels, M, W, dtype, device, residual)
+        err, ok = check_layer_norm(altclip_kernels, M, W, dtype, device, residual)
         all_ok &= ok
         print(f"  {name:<56} {err:>10.2e}  {'ok' if ok else 'FAIL'}")
     return all_ok
@@ -132,7 +132,7 @@ def peak_bandwidth_gbs(props):
 # ---------------------------------------------------------------------------------------------- timing
 
 
-def gpu_main(kernels, device="cuda"):
+def gpu_main(altclip_kernels, device="cuda"):
     import torch
     import torch.nn.functional as F
     import triton
@@ -148,11 +148,11 @@ def gpu_main(kernels, device="cuda"):
               f"driver {smi[5]}")
     print(f"versions torch {torch.__version__}, triton {triton.__version__}, CUDA {torch.version.cuda}, "
           f"python {platform.python_version()}")
-    print(f"kernels  {kernels.available()[1]}")
+    print(f"kernels  {altclip_kernels.available()[1]}")
     print()
 
     text_lengths = ragged_lengths(256, 5, 77)
-    ok = run_checks(kernels, device, [
+    ok = run_checks(altclip_kernels, device, [
         (f"attention image 8x16x257x64 {dt}", (8, 16, 257, 64, getattr(torch, dt))) for dt in ("float16", "bfloat16")
     ] + [
         (f"attention ragged text 32x16x77x64 {dt}", (32, 16, 77, 64, getattr(torch, dt), text_lengths[:32]))
@@ -169,7 +169,7 @@ def gpu_main(kernels, device="cuda"):
     def bench(fn):
         return do_bench(fn, warmup=25, rep=200, return_mode="median")  # milliseconds
 
-    from kernels.attention import _block_config
+    from altclip_kernels.attention import _block_config
 
     print("attention: TFLOP/s of useful work (real tokens only); ratio = SDPA time / this time")
     print(f"  {'':<44} {'ms':>8} {'TFLOP/s':>8} {'vs SDPA':>8}")
@@ -185,7 +185,7 @@ def gpu_main(kernels, device="cuda"):
             flops = attention_flops(lengths, H, D)
             tiles = "BLOCK_M={}, BLOCK_N={}, {} warps, {} stages".format(*_block_config(N, D, dtype, False))
             t_sdpa = bench(lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=sdpa_mask))
-            rows = [("triton", bench(lambda: kernels.attention(q, k, v, mask))),
+            rows = [("triton", bench(lambda: altclip_kernels.attention(q, k, v, mask))),
                     ("SDPA" + (" with the mask" if masked else ""), t_sdpa)]
             if masked:
                 t_dense = bench(lambda: F.scaled_dot_product_attention(q, k, v))
@@ -211,14 +211,14 @@ def gpu_main(kernels, device="cuda"):
         for residual in (False, True):
             if residual:
                 def ours():
-                    return kernels.layer_norm(x, w, b, residual=r)
+                    return altclip_kernels.layer_norm(x, w, b, residual=r)
 
                 def unfused():
                     h = x + r
                     return F.layer_norm(h, (W,), w, b), h
             else:
                 def ours():
-                    return kernels.layer_norm(x, w, b)
+                    return altclip_kernels.layer_norm(x, w, b)
 
                 def unfused():
                     return F.layer_norm(x, (W,), w, b)
@@ -232,15 +232,15 @@ def gpu_main(kernels, device="cuda"):
     return 0
 
 
-def cpu_main(kernels):
+def cpu_main(altclip_kernels):
     import torch
 
     print(f"no CUDA device: checking the kernels in Triton's CPU interpreter at small shapes "
           f"(torch {torch.__version__}, triton {__import__('triton').__version__})")
-    print(f"kernels: {kernels.available()[1]}")
+    print(f"kernels: {altclip_kernels.available()[1]}")
     print()
     lengths = torch.tensor([77, 1, 40, 5])  # ragged, including a sequence of length 1
-    ok = run_checks(kernels, "cpu", [
+    ok = run_checks(altclip_kernels, "cpu", [
         (f"attention 4x2x77x64 ragged {dt}", (4, 2, 77, 64, getattr(torch, dt), lengths))
         for dt in ("float32", "float16", "bfloat16")
     ] + [
@@ -258,15 +258,15 @@ def main():
     import torch
 
     if not torch.cuda.is_available():
-        os.environ.setdefault("TRITON_INTERPRET", "1")  # must precede `import kernels` (the @triton.jit decorators)
+        os.environ.setdefault("TRITON_INTERPRET", "1")  # must precede `import altclip_kernels` (the @triton.jit decorators)
     sys.path.insert(0, REPO)
-    import kernels
+    import altclip_kernels
 
-    ok, why = kernels.available()
+    ok, why = altclip_kernels.available()
     if not ok:
         print(f"the Triton kernels cannot run here: {why}")
         return 1
-    return gpu_main(kernels) if torch.cuda.is_available() else cpu_main(kernels)
+    return gpu_main(altclip_kernels) if torch.cuda.is_available() else cpu_main(altclip_kernels)
 
 
 if __name__ == "__main__":

@@ -19,12 +19,12 @@ def main(argv=None):
 
     import torch
     from PIL import Image
-    from transformers import AltCLIPModel, CLIPImageProcessor, XLMRobertaTokenizer
+    from transformers import AltCLIPModel, CLIPImageProcessorPil, XLMRobertaTokenizer
 
     dtype = getattr(torch, args.dtype)
     model = AltCLIPModel.from_pretrained(args.model, attn_implementation="sdpa", dtype=dtype).eval()
     tokenizer = XLMRobertaTokenizer.from_pretrained(args.model)
-    processor = CLIPImageProcessor(  # BAAI/AltCLIP's preprocessor_config.json
+    processor = CLIPImageProcessorPil(  # BAAI/AltCLIP's preprocessor_config.json
         do_convert_rgb=True, do_resize=True, size={"shortest_edge": 224}, resample=3,
         do_center_crop=True, crop_size={"height": 224, "width": 224}, do_rescale=True, rescale_factor=1 / 255,
         do_normalize=True, image_mean=[0.48145466, 0.4578275, 0.40821073],

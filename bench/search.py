@@ -70,7 +70,7 @@ def main():
 
     import torch
 
-    from kernels import cpu
+    from altclip_kernels import cpu
     model = args.model or ensure_checkpoint()
     with open(model / "model.safetensors", "rb") as f:  # into the page cache, so that neither search reads the disk
         while f.read(1 << 26):

@@ -21,7 +21,7 @@ import altclip
 import cli
 from cli import main
 from checkpoints import tiny_model_folder, tiny_reference
-from kernels import onednn
+from altclip_kernels import onednn
 from tokenizer import Tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -186,7 +186,7 @@ def test_dtype(capsys, model_dir, reference, monkeypatch, dtype, atol):
     loaded = []
     load = load_weights.load_pretrained
     monkeypatch.setattr(load_weights, "load_pretrained", lambda *a, **kw: loaded.append(load(*a, **kw)) or loaded[-1])
-    from kernels import cpu
+    from altclip_kernels import cpu
     code, out, err = run(capsys, CAT, *DTYPE_LABELS, "--model", model_dir, "--dtype", dtype, "--json")
     scores = json.loads(out)[0]["scores"]
     emulated = not cpu.native(getattr(torch, dtype))  # then (only then) one line says so
@@ -404,7 +404,7 @@ def test_bfloat16_folder_without_native_bf16_answers_every_image_with_one_warnin
                                                                                   tmp_path):
     """The issue's case: 17 images in bfloat16 on a CPU without native bf16 (real here, or simulated on an AVX-512
     one): auto does not try to pack, every image is answered, and one stderr line says bf16 is emulated."""
-    from kernels import cpu
+    from altclip_kernels import cpu
     if cpu.native(torch.bfloat16):
         monkeypatch.setattr(cpu, "native", lambda dtype: dtype == torch.float32)
         monkeypatch.setattr(cpu, "capability", lambda: "AVX2")

@@ -28,10 +28,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import kernels
-from kernels import attention, attention_reference, layer_norm, layer_norm_reference  # stand-ins without Triton
+import altclip_kernels
+from altclip_kernels import attention, attention_reference, layer_norm, layer_norm_reference  # stand-ins without Triton
 
-ok, why = kernels.available()
+ok, why = altclip_kernels.available()
 pytestmark = pytest.mark.skipif(not ok, reason=why)
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -154,7 +154,7 @@ def test_attention_skips_padded_key_blocks(N, lengths, blocks):
     """Poison every key block that lies wholly in the padding with NaN: the output does not change at all, so those
     blocks are never loaded. (Padding *inside* the last visited block is loaded and weighted by 0, as SDPA does,
     which is why NaN there would show: the probe is sensitive, checked at the end.)"""
-    from kernels.attention import _block_config, _is_interpreted, _attention_fwd_kernel
+    from altclip_kernels.attention import _block_config, _is_interpreted, _attention_fwd_kernel
 
     q, k, v = fused_qkv(len(lengths), 1, N, 64, torch.float32)
     mask = right_padded_mask(lengths, N)
@@ -279,7 +279,7 @@ def _python(code, **env):
 def test_available_explains_why_not():
     """Importing `kernels` never fails; without Triton, or without a GPU and the interpreter, it says why."""
     no_triton = _python("import sys; sys.modules['triton'] = None\n"
-                        "import kernels; print(kernels.available())")
+                        "import altclip_kernels; print(altclip_kernels.available())")
     assert "(False, 'triton is not installed" in no_triton
-    no_gpu = _python("import kernels; print(kernels.available())", CUDA_VISIBLE_DEVICES="")
+    no_gpu = _python("import altclip_kernels; print(altclip_kernels.available())", CUDA_VISIBLE_DEVICES="")
     assert "(False, \"no CUDA device (set TRITON_INTERPRET=1" in no_gpu

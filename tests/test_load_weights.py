@@ -267,7 +267,7 @@ def test_command_line_errors_are_one_line(tmp_path):
 
 
 def test_runtime_code_never_imports_transformers():
-    """altclip.py, load_weights.py, tokenizer.py and kernels/ import and run with transformers blocked."""
+    """altclip.py, load_weights.py, tokenizer.py and altclip_kernels/ import and run with transformers blocked."""
     code = (
         "import sys, importlib.abc\n"
         "class Block(importlib.abc.MetaPathFinder):\n"
@@ -285,7 +285,7 @@ def test_runtime_code_never_imports_transformers():
     )
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
-    sources = [ROOT / "altclip.py", ROOT / "load_weights.py", ROOT / "tokenizer.py", *ROOT.glob("kernels/*.py")]
+    sources = [ROOT / "altclip.py", ROOT / "load_weights.py", ROOT / "tokenizer.py", *ROOT.glob("altclip_kernels/*.py")]
     for path in sources:
         if path.exists():
             assert "import transformers" not in path.read_text() and "from transformers" not in path.read_text(), path
@@ -452,14 +452,14 @@ def test_saved_model_loads_in_the_reference_with_equal_logits(tmp_path):
 
 def test_saved_preprocessor_config_matches_our_preprocessing(tmp_path):
     from PIL import Image
-    from transformers import CLIPImageProcessor
+    from transformers import CLIPImageProcessorPil
 
     from altclip import preprocess
 
     folder = load_weights.save_pretrained(ours_random(), tmp_path)
     image = Image.fromarray(torch.randint(0, 256, (300, 180, 3), dtype=torch.uint8,
                                           generator=torch.Generator().manual_seed(0)).numpy())
-    theirs = CLIPImageProcessor.from_pretrained(folder)(image, return_tensors="pt")["pixel_values"]
+    theirs = CLIPImageProcessorPil.from_pretrained(folder)(image, return_tensors="pt")["pixel_values"]
     torch.testing.assert_close(theirs, preprocess(image), atol=1e-5, rtol=0)
 
 

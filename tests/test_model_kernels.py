@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 import torch
 
-import kernels
+import altclip_kernels
 from checkpoints import save_checkpoint, tiny_reference
 from load_weights import load_pretrained
 from test_model import images, ragged_batch
 
-pytestmark = pytest.mark.skipif(not kernels.available()[0], reason=f"Triton cannot run: {kernels.available()[1]}")
+pytestmark = pytest.mark.skipif(not altclip_kernels.available()[0], reason=f"Triton cannot run: {altclip_kernels.available()[1]}")
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 F32 = dict(atol=1e-4, rtol=0)
 
@@ -115,7 +115,7 @@ def test_a_head_size_the_kernel_lacks_is_refused_or_left_to_torch(folder, monkey
     with pytest.raises(RuntimeError, match="cannot run this model: the text tower's attention heads have size 24"):
         model.use_kernels(True)
     assert not model.kernels
-    monkeypatch.setattr(kernels, "available", lambda: (True, "as on a machine with a CUDA device"))
-    monkeypatch.setattr(kernels, "interpreted", lambda: False)
+    monkeypatch.setattr(altclip_kernels, "available", lambda: (True, "as on a machine with a CUDA device"))
+    monkeypatch.setattr(altclip_kernels, "interpreted", lambda: False)
     assert not load_weights._want_kernels(None, torch.device("cuda"), model.config)
     assert load_weights._want_kernels(None, torch.device("cuda"), load_weights.load_config(folder))

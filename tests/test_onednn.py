@@ -1,8 +1,8 @@
-"""kernels/onednn.py: linears packed for oneDNN (CPU), activations fused, against plain torch; kernels/cpu.py: the
+"""altclip_kernels/onednn.py: linears packed for oneDNN (CPU), activations fused, against plain torch; altclip_kernels/cpu.py: the
 CPU class decides what can be packed and what is packed automatically.
 
 Tolerances: float32 1e-5 absolute on a single linear (oneDNN sums in another order than MKL; seen ~1e-6), 1e-4 on
-the whole model's logits. bfloat16 single linears: kernels/onednn.py says the packed products are bit-identical to
+the whole model's logits. bfloat16 single linears: altclip_kernels/onednn.py says the packed products are bit-identical to
 F.linear's, so with no activation they are compared exactly; with a fused activation, see TOL. The whole bfloat16
 model: folding quick_gelu's 1.702 into bfloat16 weights rounds them once more, so it is held to a cosine of 0.999 with
 float32.
@@ -21,7 +21,7 @@ import torch.nn.functional as F
 import cli
 from altclip import quick_gelu
 from checkpoints import save_checkpoint, tiny_reference
-from kernels import cpu, onednn
+from altclip_kernels import cpu, onednn
 from load_weights import load_pretrained
 from test_model import images, ragged_batch
 
@@ -38,7 +38,7 @@ def needs_packing(dtype):
 
 
 def simulate(monkeypatch, capability: str, native_bf16: bool):
-    """Make kernels/cpu.py answer as a CPU of another class would (the ops themselves still run on this one)."""
+    """Make altclip_kernels/cpu.py answer as a CPU of another class would (the ops themselves still run on this one)."""
     monkeypatch.setattr(cpu, "capability", lambda: capability)
     monkeypatch.setattr(cpu, "native", lambda dtype: dtype == torch.float32 or (dtype == torch.bfloat16 and native_bf16))
 
@@ -124,7 +124,7 @@ def test_bfloat16_packing_without_native_bf16_is_a_clear_error(monkeypatch, fold
 
 
 # What --onednn auto must do per CPU class and dtype for a large folder on CPU, from the measurements recorded in
-# kernels/cpu.py (AVX-512: packing faster in float32 and bfloat16; AVX2: slower in float32, impossible in bfloat16).
+# altclip_kernels/cpu.py (AVX-512: packing faster in float32 and bfloat16; AVX2: slower in float32, impossible in bfloat16).
 AUTO = [("AVX512", True, torch.float32, True), ("AVX512", True, torch.bfloat16, True),
         ("AVX512", False, torch.bfloat16, False), ("AVX512", True, torch.float16, False),
         ("AVX2", False, torch.float32, False), ("AVX2", False, torch.bfloat16, False),

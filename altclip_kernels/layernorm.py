@@ -110,7 +110,7 @@ def layer_norm(x, weight, bias, eps=1e-5, residual=None):
     interpreted = not isinstance(_layer_norm_fwd_kernel, triton.JITFunction)
     if x.device.type != "cuda" and not interpreted:
         raise RuntimeError(f"Triton kernels need CUDA tensors (got {x.device}); to run them on CPU set "
-                           "TRITON_INTERPRET=1 before importing `kernels`")
+                           "TRITON_INTERPRET=1 before the kernels are first used")
 
     x2 = x.reshape(-1, W)  # (rows, W): a view when the leading dimensions allow it
     if x2.shape[0] > 0 and x2.stride(1) != 1:

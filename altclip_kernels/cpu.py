@@ -18,7 +18,7 @@ import torch
 
 LOW_PRECISION = (torch.bfloat16, torch.float16)
 
-# Where packing the linears for oneDNN (kernels/onednn.py) was measured faster than the plain path, per CPU class
+# Where packing the linears for oneDNN (altclip_kernels/onednn.py) was measured faster than the plain path, per CPU class
 # and dtype, with the figures the rule rests on. A (class, dtype) not listed runs the plain path automatically.
 #   AVX512, AMD EPYC 2 cores (bench/cpu.py, README "CPU performance"): images/s float32 1.35x, bfloat16 1.17x the
 #           plain path's ratio to the reference; texts/s 1.46x / 1.20x.

@@ -209,7 +209,7 @@ def attention(q, k, v, attention_mask=None, scale=None, *, _blocks=None):
     interpreted = _is_interpreted(_attention_fwd_kernel)
     if q.device.type != "cuda" and not interpreted:
         raise RuntimeError(f"Triton kernels need CUDA tensors (got {q.device}); to run them on CPU set "
-                           "TRITON_INTERPRET=1 before importing `kernels`")
+                           "TRITON_INTERPRET=1 before the kernels are first used")
     scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
 
     # (B, N, H, D) in memory, returned as a (B, H, N, D) view: merging the heads afterwards is free.
