@@ -50,6 +50,7 @@ import torch
 
 MODEL_FILE = "sentencepiece.bpe.model"
 SPECIALS = ["<s>", "<pad>", "</s>", "<unk>"]  # fairseq ids 0-3; <mask> comes after the pieces
+UNKNOWN = 3  # the id of a character that no piece covers, whatever the file's layout
 WHITESPACE = re.compile("[\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]+")  # White_Space
 NOT_WHITE_SPACE = re.compile("[\x1c-\x1f]")  # what str.split() splits on, besides WHITESPACE
 UNK_PENALTY = 10.0  # an unknown character scores this much below the worst piece, as in sentencepiece
@@ -92,18 +93,29 @@ class Tokenizer:
         c = f"[^{re.escape(self.sep)}]"
         self.maybe_repeat = re.compile(f"({c})\\1\\1|({c}{c}){c}*?\\2")
 
-        self.bos_token_id, self.pad_token_id, self.eos_token_id, self.unk_token_id = 0, 1, 2, 3
         self.mask_token_id = n
         self.vocab_size = n + 1
-        self.special_ids = {0, 1, 2, 3, self.mask_token_id}
-        self.special_id = {token: i for i, token in enumerate(SPECIALS)} | {"<mask>": self.mask_token_id}
+        # The reference's vocabulary is a list: the four specials, the file's pieces from its fourth on, <mask>. A
+        # token's id is its *last* place in that list, so a special that the file also has among those pieces (a
+        # "</s>" at sentencepiece id 3, in a file laid out pad, unk, bos, eos) takes that piece's id. The file says
+        # where its pieces are: ask sentencepiece, which looks special pieces up among the file's own first.
+        self.special_id = {token: self.own_piece(token, default=i) for i, token in enumerate(SPECIALS)}
+        self.special_id["<mask>"] = self.mask_token_id
+        self.bos_token_id, self.pad_token_id, self.eos_token_id, self.unk_token_id = map(self.special_id.get, SPECIALS)
+        self.special_ids = {0, 1, 2, 3, *self.special_id.values()}  # what decode leaves out: both places of each
         self.specials = re.compile("(" + "|".join(map(re.escape, self.special_id)) + ")")
-        # sentencepiece's ids that are not fairseq's: its unknown, and the specials added as pieces after <mask>
-        self.from_sp = {1: self.unk_token_id} | {n + i: self.special_id[t] for i, t in enumerate(ADDED) if i}
+        # sentencepiece's ids that are not fairseq's: its unknown (a character no piece covers is UNKNOWN, 3, in the
+        # reference, wherever the file keeps its own unknown piece), and the specials added as pieces after <mask>
+        self.from_sp = {self.sp.unk_id(): UNKNOWN} | {n + i: self.special_id[t] for i, t in enumerate(ADDED) if i}
         self.pieces = Pieces(self.sp, self.vocab_size)
         self.vocab = Vocab(self.sp, self.vocab_size, self.special_id)
         self.split_word = Cache(self.viterbi)
         self.model_max_length = model_max_length
+
+    def own_piece(self, token, default):
+        """The fairseq id of `token` among the file's pieces that the reference keeps (its fourth on), or default."""
+        i = self.sp.piece_to_id(token)
+        return i if 4 <= i < self.mask_token_id and self.sp.id_to_piece(i) == token else default
 
     @classmethod
     def from_pretrained(cls, source="BAAI/AltCLIP"):
@@ -255,11 +267,11 @@ class Tokenizer:
                 if (piece := self.vocab.get(chunk[start:end])) is not None:
                     offer(start, end, piece[0], best[start][0] + piece[1])
             if chunk[start] not in self.vocab:
-                offer(start, start + 1, self.unk_token_id, best[start][0] + self.unk_score)
+                offer(start, start + 1, UNKNOWN, best[start][0] + self.unk_score)
         pairs, end = [], len(chunk)
         while end > 0:  # walk back from the end
             _, start, id_ = best[end]
-            if id_ == self.unk_token_id and pairs and pairs[-1][1] == self.unk_token_id:
+            if id_ == UNKNOWN and pairs and pairs[-1][1] == UNKNOWN:
                 pairs[-1] = (chunk[start:end] + pairs[-1][0], id_)
             else:
                 pairs.append((chunk[start:end], id_))
@@ -311,12 +323,13 @@ class Vocab(collections.abc.Mapping):
 
     def __init__(self, sp, size, special_id):
         self.sp, self.size, self.special_id = sp, size, special_id
+        self.unk = sp.unk_id()  # what sentencepiece answers for a string that is no piece
 
     def get(self, piece, default=None):
         if piece in self.special_id:
             return self.special_id[piece], 0.0
         i = self.sp.piece_to_id(piece)  # below 4 or above <mask>: not a piece of the file (see for_our_words)
-        return (i, self.sp.get_score(i)) if 4 <= i < self.size - 1 else default
+        return (i, self.sp.get_score(i)) if 4 <= i < self.size - 1 and i != self.unk else default
 
     def __getitem__(self, piece):
         if (found := self.get(piece)) is None:
@@ -402,7 +415,8 @@ def offset(unit):
 # The model file, a serialized sentencepiece ModelProto: pieces (field 1, each a piece, its score and its type),
 # trainer_spec (2), normalizer_spec (3), self_test_data (4), denormalizer_spec (5).
 
-NORMAL, CONTROL = 1, 3  # piece types
+NORMAL, UNKNOWN_TYPE, CONTROL, UNUSED = 1, 2, 3, 5  # piece types
+DROPPED_PIECES = 3  # the reference's vocabulary starts at the file's fourth piece
 ADDED = ["<mask>", "<s>", "<pad>", "</s>", "<unk>"]  # the reference's specials, pieces of its vocabulary
 
 
@@ -418,14 +432,46 @@ def for_our_words(model, pieces_end, fields, separator):
       split already, and sentencepiece must see them as they are. The self-test samples and the denormaliser go:
       they assume the file's normaliser.
     The file's own pieces are kept as they are: XLM-R's are all normal ones (sentencepiece would skip unused or
-    control pieces and always prefer user-defined ones; the reference takes them all as normal).
+    control pieces and always prefer user-defined ones; the reference takes them all as normal). But the reference
+    drops the file's first three pieces, whatever they are (XLM-R's <unk>, <s>, </s>; in other layouts <pad> or an
+    ordinary piece): those that sentencepiece would match become unused pieces (see `unused`).
     Appending works because protobuf appends repeated fields and merges repeated messages, later values winning."""
     trainer = fields.get(2, b"") + varint_field(3, 1) + varint_field(35, 0)  # model_type UNIGRAM, byte_fallback off
+    first, rest = leading_pieces(model, DROPPED_PIECES)
     identity = (message_field(1, b"identity") + message_field(2, b"")  # name, precompiled_charsmap
                 + varint_field(3, 0) + varint_field(4, 0) + varint_field(5, 0))  # dummy prefix, extra and escaped ws
-    return b"".join([message_field(1, piece("<fairseq offset>", CONTROL)), model[:pieces_end],
+    return b"".join([message_field(1, piece("<fairseq offset>", CONTROL)), *map(unused, first), model[rest:pieces_end],
                      *(message_field(1, piece(token, NORMAL)) for token in ADDED + [separator]),
                      message_field(2, trainer), message_field(3, identity)])
+
+
+def leading_pieces(model, k):
+    """The first k serialized pieces of a ModelProto (each a field-1 message), and the offset where the rest start."""
+    pieces, i = [], 0
+    for _ in range(k):
+        length, start = varint(model, i + 1)
+        pieces.append(model[start:start + length])
+        i = start + length
+    return pieces, i
+
+
+def unused(serialized):
+    """A serialized piece (text 1, score 2, type 3) that sentencepiece will not match, as a field-1 message of the
+    ModelProto: unknown and control pieces are never matched as they are (and sentencepiece needs its unknown);
+    others are retyped UNUSED."""
+    text, score, type_, i = b"", 0.0, NORMAL, 0
+    while i < len(serialized):
+        key, i = varint(serialized, i)
+        if key == 1 << 3 | 2:
+            length, i = varint(serialized, i)
+            text, i = serialized[i:i + length], i + length
+        elif key == 2 << 3 | 5:
+            score, i = struct.unpack_from("<f", serialized, i)[0], i + 4
+        elif key == 3 << 3:
+            type_, i = varint(serialized, i)
+        else:
+            raise ValueError(f"unexpected field {key >> 3} in a piece of the model file")
+    return message_field(1, serialized if type_ in (UNKNOWN_TYPE, CONTROL) else piece(text.decode(), UNUSED, score))
 
 
 def piece(text, type_, score=0.0):

@@ -50,8 +50,11 @@ def corpus(lines_per_language=30, seed=0):
     return lines
 
 
-def train_sentencepiece(out_dir, vocab_size=1000):
-    """Train the model into `out_dir/sentencepiece.bpe.model` (plus the reference's small JSON files); return it."""
+def train_sentencepiece(out_dir, vocab_size=1000, **special_ids):
+    """Train the model into `out_dir/sentencepiece.bpe.model` (plus the reference's small JSON files); return it.
+
+    special_ids: sentencepiece's unk_id, bos_id, eos_id, pad_id (-1 for none), for a layout other than XLM-R's
+    (unk 0, bos 1, eos 2, no pad), as some third-party models have."""
     out_dir = pathlib.Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     model = io.BytesIO()
@@ -66,6 +69,7 @@ def train_sentencepiece(out_dir, vocab_size=1000):
         num_threads=1,              # deterministic
         seed_sentencepiece_size=100_000,
         minloglevel=2,              # keep the trainer's log out of test output
+        **special_ids,
     )
     path = out_dir / "sentencepiece.bpe.model"
     path.write_bytes(model.getvalue())

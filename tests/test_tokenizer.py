@@ -303,12 +303,15 @@ def test_awkward_pieces_match_reference(awkward_dir, monkeypatch):
 
 
 def test_loading_asks_sentencepiece_for_no_piece(model_dir, monkeypatch):
-    """Loading builds nothing per piece: 250,000 of them would take most of a second."""
-    def refuse(*args):
-        raise AssertionError("Tokenizer() asked sentencepiece for a piece")
+    """Loading builds nothing per piece: 250,000 of them would take most of a second. It looks up where the file
+    keeps the special tokens, two questions for each of four, and nothing else."""
+    asked = []
     for name in ["id_to_piece", "IdToPiece", "get_score", "GetScore", "piece_to_id", "PieceToId"]:
-        monkeypatch.setattr(sentencepiece.SentencePieceProcessor, name, refuse)
+        original = getattr(sentencepiece.SentencePieceProcessor, name)
+        monkeypatch.setattr(sentencepiece.SentencePieceProcessor, name,
+                            lambda self, *args, name=name, original=original: asked.append(name) or original(self, *args))
     Tokenizer(model_dir / MODEL_FILE)
+    assert len(asked) <= 2 * 4, asked
 
 
 def test_pieces_and_vocab_are_looked_up(tok, ref):
@@ -455,3 +458,31 @@ def test_offline_from_hub_cache(offline_hub, model_dir, tok):
 def test_runtime_does_not_import_transformers():
     code = "import sys, tokenizer; assert 'transformers' not in sys.modules, 'tokenizer imported transformers'"
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True)
+
+
+# Sentencepiece files laid out otherwise than XLM-R's (unk 0, bos 1, eos 2), as some third-party models are. The
+# reference keeps the file's pieces from the fourth on, whatever the first three are, and a special token takes its
+# last place in its vocabulary: in a pad, unk, bos, eos file, "</s>" is the piece at sentencepiece id 3, so eos is 4.
+LAYOUTS = {
+    "pad-unk-bos-eos": dict(pad_id=0, unk_id=1, bos_id=2, eos_id=3),
+    "bos-eos-pad-unk": dict(bos_id=0, eos_id=1, pad_id=2, unk_id=3),
+    "unk-only": dict(unk_id=0, bos_id=-1, eos_id=-1),  # two ordinary pieces among the first three
+    "eos-bos-unk": dict(eos_id=0, bos_id=1, unk_id=2),
+    "unk-fifth": dict(pad_id=0, bos_id=1, eos_id=2, unk_id=5),
+}
+LAYOUT_TEXTS = ["a cat ☃ on the mat", "☃☃ x", "<unk> and </s> and <pad>", "ein Foto der Katze 🐱", "привет ☃ ☃",
+                "大きいテレビにカタカナががきれいテレビテレビ100%", "hahaha!!!"] + corpus(4, seed=5)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_other_special_layouts_match_reference(tmp_path, layout):
+    train_sentencepiece(tmp_path, **LAYOUTS[layout])
+    ours, ref = Tokenizer.from_pretrained(tmp_path), transformers.XLMRobertaTokenizer.from_pretrained(tmp_path)
+    assert (ours.bos_token_id, ours.pad_token_id, ours.eos_token_id, ours.unk_token_id, ours.mask_token_id) == (
+        ref.bos_token_id, ref.pad_token_id, ref.eos_token_id, ref.unk_token_id, ref.mask_token_id)
+    assert_same(ours(LAYOUT_TEXTS), reference(ref, LAYOUT_TEXTS))
+    for text in LAYOUT_TEXTS:  # the written-out definition agrees too
+        assert [ours.bos_token_id, *(i for _, i in ours.split(text)), ours.eos_token_id] == ref(text)["input_ids"]
+    ids = ours(LAYOUT_TEXTS)["input_ids"]
+    assert 3 in ids[0].tolist()  # "☃", which no piece covers, is 3 wherever the file keeps its unknown piece
+    assert [ours.decode(row) for row in ids] == ref.batch_decode(ids, skip_special_tokens=True)
