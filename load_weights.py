@@ -26,11 +26,13 @@ import warnings
 import zipfile
 from dataclasses import fields
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
-from altclip import AltCLIP, AltCLIPConfig, config_from_dict
+if TYPE_CHECKING:  # the loader knows no model class at import: altclip.py's from_pretrained imports it
+    from altclip import AltCLIP, AltCLIPConfig
 
 # -----------------------------------------------------------------------------
 # The mapping: checkpoint name → our name. `{i}` is a block index. Names are those of the BAAI/AltCLIP checkpoint.
@@ -210,29 +212,32 @@ def offline_message(repo_id: str) -> str:
 # Reading tensors: safetensors (memory-mapped) or PyTorch pickles (weights_only, never executing code).
 
 
-def read_tensors(weights: Path) -> dict[str, torch.Tensor]:
-    """All tensors of a checkpoint, by checkpoint name. Sharded checkpoints are read through their index."""
+def read_tensors(weights: Path, keep=None) -> dict[str, torch.Tensor]:
+    """All tensors of a checkpoint, by checkpoint name. Sharded checkpoints are read through their index.
+    keep: a test on names; only the tensors it passes are mapped (and shards holding none are not opened)."""
     if weights.name.endswith(".index.json"):
-        shards = sorted(set(json.loads(weights.read_text())["weight_map"].values()))
+        weight_map = json.loads(weights.read_text())["weight_map"]
+        shards = sorted({shard for name, shard in weight_map.items() if keep is None or keep(name)})
         tensors = {}
         for shard in shards:
             if not (weights.parent / shard).exists():
                 raise CheckpointError(f"{weights} names a shard {shard} that is missing from {weights.parent}")
-            tensors.update(read_tensors(weights.parent / shard))
+            tensors.update(read_tensors(weights.parent / shard, keep))
         return tensors
     if weights.suffix == ".safetensors":
-        return read_safetensors(weights)
+        return read_safetensors(weights, keep)
     try:
-        return torch.load(weights, map_location="cpu", weights_only=True, mmap=True)
+        tensors = torch.load(weights, map_location="cpu", weights_only=True, mmap=True)
     except RuntimeError as e:
-        if "mmap" in str(e):  # a pickle in the legacy (pre-zip) format cannot be memory-mapped
-            return torch.load(weights, map_location="cpu", weights_only=True)
-        raise CheckpointError(f"cannot read {weights}: {str(e).splitlines()[0]} (truncated or corrupt?)") from None
+        if "mmap" not in str(e):
+            raise CheckpointError(f"cannot read {weights}: {str(e).splitlines()[0]} (truncated or corrupt?)") from None
+        tensors = torch.load(weights, map_location="cpu", weights_only=True)  # a legacy (pre-zip) pickle: no mmap
     except Exception as e:
         if "weights_only" in str(e) or "Unsupported" in str(e):
             raise CheckpointError(f"refused to load {weights}: it holds pickled objects other than tensors, which "
                                   f"could run code when unpickled ({str(e).splitlines()[0]})") from None
         raise CheckpointError(f"cannot read {weights}: {e}") from None
+    return tensors if keep is None else {name: t for name, t in tensors.items() if keep(name)}
 
 
 SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
@@ -240,7 +245,7 @@ SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.f
                       "BOOL": torch.bool}
 
 
-def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+def read_safetensors(path: Path, keep=None) -> dict[str, torch.Tensor]:
     """A .safetensors file: an 8-byte little-endian header size, a JSON header {name: {dtype, shape, data_offsets}},
     then the tensors' bytes.
 
@@ -264,7 +269,7 @@ def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
             raise corrupt(f"its header is not JSON ({e})") from None
     tensors = {}
     for name, info in header.items():
-        if name == "__metadata__":
+        if name == "__metadata__" or (keep is not None and not keep(name)):
             continue
         try:
             dtype, shape, (begin, end) = SAFETENSORS_DTYPES[info["dtype"]], info["shape"], info["data_offsets"]
@@ -306,9 +311,7 @@ def convert(tensors: dict[str, torch.Tensor], model: AltCLIP, dtype: torch.dtype
     expected = {name: p.shape for name, p in model.named_parameters()}
     ours, sources, fused, unexpected = {}, {}, {}, []
     for name, t in tensors.items():
-        canonical = name
-        for alias, repl in ALIASES:
-            canonical = alias.sub(repl, canonical)
+        canonical = _canonical(name)
         if any(d.match(canonical) for d in _DROPPED):
             continue
         for regex, target in _RULES:
@@ -350,6 +353,12 @@ def convert(tensors: dict[str, torch.Tensor], model: AltCLIP, dtype: torch.dtype
             for name, t in ours.items()}
 
 
+def _canonical(name: str) -> str:
+    for alias, repl in ALIASES:
+        name = alias.sub(repl, name)
+    return name
+
+
 def _shape_message(source, got, want, ours):
     part = "text" if ours.startswith("text") else "vision" if ours.startswith("vision") else "top-level"
     return (f"tensor {source} has shape {tuple(got)} in the checkpoint, but the {part} config in config.json "
@@ -365,14 +374,43 @@ def _listing(names, limit=8):
 # The entry point.
 
 
-def load_config(folder: Path):
+def read_config(folder: Path) -> dict:
+    """config.json as a dict; altclip.config_from_dict reads it as the reference does."""
     path = folder / "config.json"
     if not path.exists():
         raise FileNotFoundError(f"{folder} has no config.json")
     try:
-        return config_from_dict(json.loads(path.read_text()))
-    except (json.JSONDecodeError, TypeError, ValueError) as e:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CheckpointError(f"cannot use {path}: {e}") from None
+
+
+def load_config(folder: Path) -> AltCLIPConfig:
+    from altclip import config_from_dict
+
+    d = read_config(folder)
+    try:
+        return config_from_dict(d)
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"cannot use {folder / 'config.json'}: {e}") from None
+
+
+def state_dict(weights: Path, model: torch.nn.Module, dtype: torch.dtype, device="cpu", part: str | None = None):
+    """The checkpoint's tensors as `model`'s state dict (names and shapes checked by `convert`), in `dtype` on
+    `device`. part: a prefix such as "text_model."; only the tensors under it are read, for a model that is that
+    tower alone (its parameter names carry the same prefix).
+
+    Memory-mapped: pages are read on first use. Safetensors map each tensor on its own, so tensors copied on the
+    way in (fused q/k/v, casts) leave memory afterwards; a zip pickle is one mapping, so its q/k/v are fused from
+    a second mapping that is dropped afterwards. (A pre-zip pickle cannot be mapped and is read once.)
+    """
+    keep = None if part is None else lambda name: _canonical(name).startswith(part)
+    pickle = weights.name.endswith((".bin", ".bin.index.json"))
+    second = pickle and (weights.suffix == ".json" or zipfile.is_zipfile(weights))
+    tensors = read_tensors(weights, keep)
+    if part is not None and not tensors:
+        raise CheckpointError(f"{weights} has no tensor under {part!r}: not a checkpoint of the whole model")
+    return convert(tensors, model, dtype, device, fuse_from=read_tensors(weights, keep) if second else None)
 
 
 def load_pretrained(source: str | Path = "BAAI/AltCLIP", *, dtype: torch.dtype = torch.float32,
@@ -395,17 +433,14 @@ def load_pretrained(source: str | Path = "BAAI/AltCLIP", *, dtype: torch.dtype =
             warnings.warn(message, cpu.EmulatedDtypeWarning, stacklevel=2)
     if onednn:
         _check_onednn(dtype, torch.device(device))
+    from altclip import AltCLIP
+
     folder, weights = resolve(source)
     config = load_config(folder)
     use_kernels = use_kernels and _want_kernels(kernels, torch.device(device), config)  # and the model's shapes
     with torch.device("meta"):  # shapes only: no memory and no random initialisation
         model = AltCLIP(config)
-    # Memory-mapped: pages are read on first use. Safetensors map each tensor on its own, so tensors copied on the
-    # way in (fused q/k/v, casts) leave memory afterwards; a zip pickle is one mapping, so its q/k/v are fused from
-    # a second mapping that is dropped afterwards. (A pre-zip pickle cannot be mapped and is read once.)
-    pickle = weights.name.endswith((".bin", ".bin.index.json"))
-    second = pickle and (weights.suffix == ".json" or zipfile.is_zipfile(weights))
-    state = convert(read_tensors(weights), model, dtype, device, fuse_from=read_tensors(weights) if second else None)
+    state = state_dict(weights, model, dtype, device)
     model.load_state_dict(state, strict=True, assign=True)
     del state  # the model holds the only references now, so packing can drop each original as it goes
     if onednn:
@@ -453,6 +488,8 @@ def to_safetensors(source: str | Path, out: str | Path) -> Path:
     The tensors are checked against the config first, so a checkpoint that would not load is not converted.
     """
     from safetensors.torch import save_file
+
+    from altclip import AltCLIP
 
     folder, weights = resolve(source, optional=EXTRA_FILES)
     config = load_config(folder)

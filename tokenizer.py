@@ -226,10 +226,12 @@ class Tokenizer:
                     for for_sp, group in itertools.groupby(words, lambda w: type(w) is str)]
         return [joined] if joined else []
 
-    def decode(self, ids):
-        """Text of a list (or 1-D tensor) of ids, skipping special tokens, as the reference's decode does."""
-        ids = ids.tolist() if isinstance(ids, torch.Tensor) else ids
-        text = "".join(self.pieces[i] for i in ids if i not in self.special_ids).replace("▁", " ")
+    def decode(self, ids, skip_special_tokens=True):
+        """Text of a list (or 1-D tensor) of ids, as the reference's decode gives it with skip_special_tokens (with
+        False, its own default, the special tokens are written out)."""
+        ids = ids.tolist() if isinstance(ids, (torch.Tensor, numpy.ndarray)) else ids
+        skip = self.special_ids if skip_special_tokens else ()
+        text = "".join(self.pieces[i] for i in ids if i not in skip).replace("▁", " ")
         return text[1:] if text.startswith(" ") else text  # the "▁" put in front of the first word
 
     # -------------------------------------------------------------------------------------------------------------
