@@ -544,7 +544,7 @@ AltCLIPModel = AltCLIP  # the documentation page's name
 
 
 class _Tower(nn.Module):
-    part = ""  # the two-tower model's attribute holding this tower: its parameters' prefix in a full checkpoint
+    parts = ()  # the two-tower model's attributes this model has: its parameters' prefixes in a full checkpoint
 
     @classmethod
     def from_pretrained(cls, source="BAAI/AltCLIP", *, dtype: torch.dtype = torch.float32, device="cpu"):
@@ -553,12 +553,17 @@ class _Tower(nn.Module):
         import load_weights  # the loader reads files and knows no model class: imported when used
 
         folder, weights = load_weights.resolve(source)
-        config = getattr(load_weights.load_config(folder), cls.part.removesuffix("_model"))  # .text or .vision
+        config = cls.sub_config(load_weights.load_config(folder))
         with torch.device("meta"):  # shapes only: no memory and no random initialisation
             model = cls(config)
-        model.load_state_dict(load_weights.state_dict(weights, model, dtype, device, part=cls.part + "."),
+        model.load_state_dict(load_weights.state_dict(weights, model, dtype, device,
+                                                      part=tuple(p + "." for p in cls.parts)),
                               strict=True, assign=True)
         return model.eval()
+
+    @property
+    def path(self) -> str:
+        return "torch"  # a tower alone runs the readable path (no Triton kernels, no oneDNN packing)
 
     @property
     def dtype(self):
@@ -572,7 +577,8 @@ class _Tower(nn.Module):
 class AltCLIPTextModel(_Tower):
     """The text tower alone: XLM-R, then pre_LN + transformation. `last_hidden_state` is the projected sequence,
     (B, L, project_dim); `pooler_output` its <s> row (what AltCLIPModel feeds to text_projection)."""
-    part = "text_model"
+    parts = ("text_model",)
+    sub_config = staticmethod(lambda config: config.text)
 
     def __init__(self, config: AltCLIPTextConfig | None = None):
         super().__init__()
@@ -588,7 +594,8 @@ class AltCLIPTextModel(_Tower):
 class AltCLIPVisionModel(_Tower):
     """The image tower alone: CLIP's ViT. `last_hidden_state` is (B, 1 + patches, hidden), not normalised;
     `pooler_output` the class token after post-LayerNorm (what AltCLIPModel feeds to visual_projection)."""
-    part = "vision_model"
+    parts = ("vision_model",)
+    sub_config = staticmethod(lambda config: config.vision)
 
     def __init__(self, config: AltCLIPVisionConfig | None = None):
         super().__init__()
@@ -598,6 +605,21 @@ class AltCLIPVisionModel(_Tower):
     def forward(self, pixel_values, interpolate_pos_encoding=False, output_hidden_states=False,
                 output_attentions=False) -> TowerOutput:
         return self.vision_model(pixel_values, interpolate_pos_encoding, output_hidden_states, output_attentions)
+
+
+class AltCLIPTextModelWithProjection(AltCLIPTextModel):
+    """The text tower and text_projection, without the image tower: `get_text_features` as AltCLIPModel has it, for
+    work that needs text embeddings only (a search whose images are all indexed). Not on the page; CLIP has one."""
+    parts = ("text_model", "text_projection")
+    sub_config = staticmethod(lambda config: config)
+
+    def __init__(self, config: AltCLIPConfig | None = None):
+        config = config or AltCLIPConfig()
+        super().__init__(config.text)
+        self.config = config
+        self.text_projection = nn.Linear(config.text.project_dim, config.projection_dim, bias=False)
+
+    get_text_features = AltCLIP.get_text_features
 
 
 # -----------------------------------------------------------------------------

@@ -250,6 +250,31 @@ def load_model(args, n_images: int):
     return model, tokenizer
 
 
+def load_text_side(args):
+    """(model, tokenizer) for a search with no image to embed: the text tower and text_projection alone, read from
+    the full checkpoint (the image tower is never read), or no model at all for --like. --kernels on and --onednn on
+    ask for the whole model's paths, so they load it."""
+    from load_weights import CheckpointError
+    from tokenizer import Tokenizer
+
+    if args.search is None:
+        return None, None  # --like: the query image's embedding is in the index too
+    if args.kernels == "on" or args.onednn == "on":
+        return load_model(args, 0)
+    from altclip import AltCLIPTextModelWithProjection
+    t0 = time.perf_counter()
+    try:
+        model = AltCLIPTextModelWithProjection.from_pretrained(args.model, dtype=DTYPES[args.dtype],
+                                                               device=args.device)
+        tokenizer = Tokenizer.from_pretrained(args.model)
+    except (OSError, CheckpointError) as e:
+        raise Failure(f"model '{args.model}': {e}") from None
+    if args.verbose:
+        say(f"{args.model}: text tower loaded alone in {time.perf_counter() - t0:.1f} s (every image is indexed): "
+            f"{args.dtype} on {args.device}, compute path: {model.path}")
+    return model, tokenizer
+
+
 def embed_texts(model, tokenizer, texts: list[str]) -> torch.Tensor:
     """(len(texts), P) L2-normalised text embeddings, embedded as one batch."""
     with torch.inference_mode():
@@ -402,7 +427,7 @@ def rank(args, db, paths: list[str], failed: int, dim: int, t0: float) -> int:
     vectors = db.lookup(signatures, dim)
     todo = [p for p in wanted if p not in vectors]
 
-    model, tokenizer = load_model(args, len(todo))
+    model, tokenizer = load_text_side(args) if not todo else load_model(args, len(todo))
     progress = sys.stderr.isatty() and len(todo) > 1
     embedded = 0
     for batch, features, bad in embed_images(model, todo, args.batch_size, progress):

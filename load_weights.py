@@ -395,21 +395,24 @@ def load_config(folder: Path) -> AltCLIPConfig:
         raise CheckpointError(f"cannot use {folder / 'config.json'}: {e}") from None
 
 
-def state_dict(weights: Path, model: torch.nn.Module, dtype: torch.dtype, device="cpu", part: str | None = None):
+def state_dict(weights: Path, model: torch.nn.Module, dtype: torch.dtype, device="cpu",
+               part: str | tuple[str, ...] | None = None):
     """The checkpoint's tensors as `model`'s state dict (names and shapes checked by `convert`), in `dtype` on
-    `device`. part: a prefix such as "text_model."; only the tensors under it are read, for a model that is that
-    tower alone (its parameter names carry the same prefix).
+    `device`. part: a prefix such as "text_model." (or a tuple of them); only the tensors under it are read, for a
+    model that is that tower alone (its parameter names carry the same prefix).
 
     Memory-mapped: pages are read on first use. Safetensors map each tensor on its own, so tensors copied on the
     way in (fused q/k/v, casts) leave memory afterwards; a zip pickle is one mapping, so its q/k/v are fused from
     a second mapping that is dropped afterwards. (A pre-zip pickle cannot be mapped and is read once.)
     """
-    keep = None if part is None else lambda name: _canonical(name).startswith(part)
+    parts = (part,) if isinstance(part, str) else part
+    keep = None if parts is None else lambda name: _canonical(name).startswith(parts)
     pickle = weights.name.endswith((".bin", ".bin.index.json"))
     second = pickle and (weights.suffix == ".json" or zipfile.is_zipfile(weights))
     tensors = read_tensors(weights, keep)
-    if part is not None and not tensors:
-        raise CheckpointError(f"{weights} has no tensor under {part!r}: not a checkpoint of the whole model")
+    if parts is not None and not tensors:
+        raise CheckpointError(f"{weights} has no tensor under {' or '.join(map(repr, parts))}: not a checkpoint of "
+                              f"the whole model")
     return convert(tensors, model, dtype, device, fuse_from=read_tensors(weights, keep) if second else None)
 
 

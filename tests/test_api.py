@@ -356,3 +356,36 @@ def test_projection_1024_loads_and_equals_the_reference(tmp_path):
         # transformers 5 returns the features as an output object's pooler_output
         torch.testing.assert_close(model.get_text_features(ids, mask),
                                    ref.get_text_features(ids, mask).pooler_output, **F32)
+
+
+# -----------------------------------------------------------------------------
+# The search command line uses the text side alone when every image is already in the index.
+
+
+def test_a_search_with_every_image_indexed_reads_the_text_side_alone(capsys, folder, tmp_path, monkeypatch):
+    import json
+    import shutil
+
+    from test_search import run
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for name in ("cat.jpg", "coffee.jpg"):
+        shutil.copy(ROOT / "examples" / name, photos / name)
+    common = ["--model", folder, "--index", tmp_path / "index.sqlite", "--json", "-v"]
+    code, first, err = run(capsys, photos, "--search", "a photo of a cat", *common)
+    assert code == 0 and "0 image(s) from the index, 2 embedded" in err, err
+    read = []
+    real = load_weights.read_tensors
+    monkeypatch.setattr(load_weights, "read_tensors", lambda *a: read.append(real(*a)) or read[-1])
+    code, second, err = run(capsys, photos, "--search", "a photo of a cat", *common)
+    assert code == 0 and "2 image(s) from the index, 0 embedded" in err and "text tower loaded alone" in err, err
+    names = {n for tensors in read for n in tensors}
+    assert names and all(n.startswith(("text_model.", "text_projection.")) for n in names)
+    assert "text_projection.weight" in names
+    first, second = json.loads(first), json.loads(second)
+    assert [r["image"] for r in first] == [r["image"] for r in second]
+    np.testing.assert_allclose([r["score"] for r in second], [r["score"] for r in first], atol=1e-6, rtol=0)
+    read.clear()
+    code, like, err = run(capsys, photos, "--like", photos / "cat.jpg", *common)
+    assert code == 0 and read == [] and [r["image"] for r in json.loads(like)] == [str(photos / "coffee.jpg")], err
