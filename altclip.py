@@ -14,9 +14,18 @@ References:
 
 The modules below follow the data: configs → shared layers (LayerNorm, attention, MLP) → the image tower
 (patches → pre-LN blocks) → the text tower (RoBERTa embeddings → post-LN blocks) → the two-tower model with its
-projections and contrastive loss. Weights are mapped onto these modules by name in load_weights.py. Then comes the
-image preprocessing (CLIP's recipe, as the reference applies it). The command line (zero-shot classification and
-image search) is cli.py, run from here:
+projections and contrastive loss → each tower alone. Weights are mapped onto these modules by name in
+load_weights.py. Then comes the image preprocessing (CLIP's recipe, as the reference applies it) and the processor
+that puts it beside the tokenizer (tokenizer.py). The classes have the documentation page's names, so its example
+runs with one line changed:
+
+    from altclip import AltCLIPModel, AltCLIPProcessor
+    model = AltCLIPModel.from_pretrained("BAAI/AltCLIP")
+    processor = AltCLIPProcessor.from_pretrained("BAAI/AltCLIP")
+    inputs = processor(text=["a photo of a cat", "a photo of a dog"], images=image, return_tensors="pt", padding=True)
+    probs = model(**inputs).logits_per_image.softmax(dim=1)
+
+The command line (zero-shot classification and image search) is cli.py, run from here:
 
     python altclip.py examples/cat.jpg "a cat" "a dog" "a cup of coffee"     (python altclip.py --help for more)
 """

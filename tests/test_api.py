@@ -237,6 +237,12 @@ def test_text_tower_from_a_full_checkpoint(tmp_path, monkeypatch, fmt):
     torch.testing.assert_close(ours.last_hidden_state[real_tokens], theirs.last_hidden_state[real_tokens], **F32)
     torch.testing.assert_close(ours.pooler_output, theirs.pooler_output, **F32)
     torch.testing.assert_close(ours.pooler_output, ours.last_hidden_state[:, 0], atol=0, rtol=0)
+    read.clear()
+    with_projection = altclip.AltCLIPTextModelWithProjection.from_pretrained(folder)  # what a search loads
+    assert {n.split(".")[0] for tensors in read for n in tensors} == {"text_model", "text_projection"}
+    with torch.no_grad():
+        torch.testing.assert_close(with_projection.get_text_features(ids, mask),
+                                   ref.get_text_features(input_ids=ids, attention_mask=mask).pooler_output, **F32)
 
 
 def test_the_text_towers_embedding_table_is_mapped_not_read(folder, monkeypatch):
