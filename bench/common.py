@@ -249,7 +249,7 @@ t0 = time.perf_counter()
 proc = subprocess.Popen(sys.argv[2:])
 _, status, usage = os.wait4(proc.pid, 0)
 json.dump({"wall_s": time.perf_counter() - t0, "rss_mib": usage.ru_maxrss / 1024,
-           "rc": os.waitstatus_to_exitcode(status)}, open(sys.argv[1], "w"))
+           "cpu_s": usage.ru_utime + usage.ru_stime, "rc": os.waitstatus_to_exitcode(status)}, open(sys.argv[1], "w"))
 """
 
 
