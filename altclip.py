@@ -22,9 +22,15 @@ image search) is cli.py, run from here:
 """
 from __future__ import annotations
 
+if __name__ == "__main__":  # `python altclip.py …` is the command line, cli.py, which imports this file as `altclip`:
+    import sys              # hand over before anything is defined here, so the file does not run twice
+
+    import cli
+
+    sys.exit(cli.main())
+
 import math
 import os
-import sys
 from dataclasses import dataclass, field, fields
 
 import numpy as np
@@ -559,9 +565,3 @@ def preprocess(images, size: int = 224) -> torch.Tensor:
     x = torch.stack(crops).float() / 255  # (B, 3, size, size) in [0, 1]
     mean, std = torch.tensor(CLIP_MEAN).view(3, 1, 1), torch.tensor(CLIP_STD).view(3, 1, 1)
     return (x - mean) / std
-
-
-if __name__ == "__main__":
-    import cli  # the command line stands on top of this file (cli.py)
-
-    sys.exit(cli.main())
