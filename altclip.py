@@ -429,11 +429,8 @@ class AltCLIP(nn.Module):
         if on:
             import altclip_kernels  # imported only when asked for: the model itself needs no Triton
 
-            ok, why = altclip_kernels.available()
-            if not ok:
-                raise RuntimeError(f"the Triton kernels cannot run here: {why}")
-            if (why := altclip_kernels.unsupported_shapes(self.config)) is not None:
-                raise RuntimeError(f"the Triton kernels cannot run this model: {why}")
+            if (why := altclip_kernels.refusal(self.config)) is not None:
+                raise RuntimeError(why)
             fast = altclip_kernels
         for m in self.modules():
             if isinstance(m, (Attention, LayerNorm)):

@@ -318,15 +318,12 @@ def _want_kernels(kernels: bool | None, device: torch.device, config: AltCLIPCon
         return False  # decided without importing Triton, which takes a while
     import altclip_kernels as triton_kernels
 
-    ok, why = triton_kernels.available()
+    why = triton_kernels.refusal(config)
     interpreted = triton_kernels.interpreted()
-    shapes = None if config is None else triton_kernels.unsupported_shapes(config)
     if kernels is None:
-        return ok and not interpreted and shapes is None
-    if not ok:
-        raise RuntimeError(f"kernels=True, but the Triton kernels cannot run here: {why}")
-    if shapes is not None:
-        raise RuntimeError(f"kernels=True, but the Triton kernels cannot run this model: {shapes}")
+        return why is None and not interpreted
+    if why is not None:
+        raise RuntimeError(f"kernels=True, but {why}")
     if device.type != "cuda" and not interpreted:
         raise RuntimeError(f"kernels=True needs the model on a CUDA device (got {device}), or TRITON_INTERPRET=1 "
                            f"to run the kernels in Triton's CPU interpreter")
