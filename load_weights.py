@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from altclip import AltCLIP, AltCLIPConfig, config_from_dict
+from altclip import CLIP_MEAN, CLIP_STD, AltCLIP, AltCLIPConfig, config_from_dict
 from checkpoint_files import EXTRA_FILES, resolve, shard_names
 
 # -----------------------------------------------------------------------------
@@ -270,10 +270,10 @@ def load_pretrained(source: str | Path = "BAAI/AltCLIP", *, dtype: torch.dtype =
     otherwise; True insists on them (RuntimeError saying why when they cannot run; Triton's CPU interpreter,
     TRITON_INTERPRET=1, counts as able to run); False never uses them. `model.kernels` tells which path is on.
     onednn: on CPU, pack the blocks' linear layers for oneDNN with the MLP activations fused (altclip_kernels/onednn.py):
-    about 1.3x the throughput on AVX-512 CPUs, for a few seconds more at load, but slower on AVX2-only ones
+    faster on AVX-512 CPUs, for a few seconds more at load, but slower on AVX2-only ones
     (`altclip_kernels.onednn.faster_here()` says which). RuntimeError saying why when it cannot be done here.
-    A bfloat16/float16 model on a CPU without native instructions for it works, emulated and ~5x slower than
-    float32: a altclip_kernels.cpu.EmulatedDtypeWarning says so.
+    A bfloat16/float16 model on a CPU without native instructions for it works, emulated and several times slower
+    than float32: an altclip_kernels.cpu.EmulatedDtypeWarning says so.
     """
     use_kernels = _want_kernels(kernels, torch.device(device))  # before any download: kernels=True fails fast
     if torch.device(device).type == "cpu" and dtype in (torch.bfloat16, torch.float16):
@@ -364,7 +364,7 @@ _INVERSE_FUSED = [(_pattern(ours), parts) for ours, parts in FUSED.items()]
 # the model's image_size.
 PREPROCESSOR = dict(image_processor_type="CLIPImageProcessor", do_convert_rgb=True, do_resize=True, resample=3,
                     do_center_crop=True, do_rescale=True, rescale_factor=1 / 255, do_normalize=True,
-                    image_mean=[0.48145466, 0.4578275, 0.40821073], image_std=[0.26862954, 0.26130258, 0.27577711])
+                    image_mean=list(CLIP_MEAN), image_std=list(CLIP_STD))
 
 
 def checkpoint_tensors(model: AltCLIP) -> dict[str, torch.Tensor]:
