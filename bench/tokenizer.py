@@ -122,7 +122,7 @@ def build_model(folder: Path = MODEL, pieces: int = PIECES, seed: int = SEED) ->
 
     import sentencepiece as spm
     from sentencepiece import sentencepiece_model_pb2 as pb
-    from spm_fixture import corpus
+    from helpers import corpus
 
     import tokenizer
 
