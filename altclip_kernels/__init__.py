@@ -19,7 +19,7 @@ Importing this package imports no Triton: the CPU paths never need it, and impor
 Triton names (`attention`, `layer_norm`, their references) are loaded on first use; without Triton they are stand-ins
 that raise with the reason, and `available()` says why. Triton decides when a kernel is decorated whether it is
 compiled for the GPU or run by its CPU interpreter, so TRITON_INTERPRET=1 must be set before the first use of a
-Triton name or of `available()` (tests/conftest.py and bench/kernels.py set it when there is no CUDA device).
+Triton name or of `available()` (tests/conftest.py and bench/gpu_kernels.py set it when there is no CUDA device).
 """
 import importlib
 import os

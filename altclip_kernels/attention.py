@@ -164,7 +164,7 @@ def _block_config(n: int, head_dim: int, dtype: torch.dtype, interpreted: bool) 
     the tile side multiplies the number of programs by four).
     On a GPU they are picked from the ranges Triton's tutorial 06 (fused attention) autotunes over for Hopper
     (BLOCK_M 64/128, BLOCK_N 32/64, 4/8 warps, 2-3 pipeline stages). They are UNTUNED: chosen without a GPU to
-    measure on. bench/kernels.py prints the tiles it ran with and is the place to tune them.
+    measure on. bench/gpu_kernels.py prints the tiles it ran with and is the place to tune them.
     """
     if interpreted:
         block = min(256, max(16, triton.next_power_of_2(n)))

@@ -1,6 +1,6 @@
 """Benchmark the Triton kernels against PyTorch on a CUDA GPU; without one, check them on CPU and say so.
 
-    python bench/kernels.py
+    python bench/gpu_kernels.py
 
 Every kernel is first checked against its plain-torch reference (as llm.c's dev/cuda does before timing), then
 timed with triton.testing.do_bench (median of repeated runs, L2 flushed between them):
