@@ -31,10 +31,17 @@ The command line (zero-shot classification and image search) is cli.py, run from
 """
 from __future__ import annotations
 
+if __name__ == "__main__":  # `python altclip.py …` is the command line, cli.py, which imports this file as `altclip`:
+    import sys              # hand over before anything is defined here, so the file does not run twice
+
+    import cli
+
+    sys.exit(cli.main())
+
 import math
 import os
 import sys
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 
 import numpy as np
 import torch
@@ -477,11 +484,8 @@ class AltCLIP(nn.Module):
         if on:
             import altclip_kernels  # imported only when asked for: the model itself needs no Triton
 
-            ok, why = altclip_kernels.available()
-            if not ok:
-                raise RuntimeError(f"the Triton kernels cannot run here: {why}")
-            if (why := altclip_kernels.unsupported_shapes(self.config)) is not None:
-                raise RuntimeError(f"the Triton kernels cannot run this model: {why}")
+            if (why := altclip_kernels.refusal(self.config)) is not None:
+                raise RuntimeError(why)
             fast = altclip_kernels
         for m in self.modules():
             if isinstance(m, (Attention, LayerNorm)):
@@ -886,8 +890,3 @@ def _as_tensors(x, return_tensors):
         return list(x.numpy()) if torch.is_tensor(x) else x
     raise ValueError(f"return_tensors must be 'pt', 'np' or None, got {return_tensors!r}")
 
-
-if __name__ == "__main__":
-    import cli  # the command line stands on top of this file (cli.py)
-
-    sys.exit(cli.main())

@@ -31,6 +31,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from checkpoint_files import EXTRA_FILES, resolve, shard_names
+
 if TYPE_CHECKING:  # the loader knows no model class at import: altclip.py's from_pretrained imports it
     from altclip import AltCLIP, AltCLIPConfig
 
@@ -89,123 +91,10 @@ DROPPED = {
 ALIASES = [(re.compile(r"^vision_model\.encoder\.layer\.(\d+)\."), r"vision_model.encoder.layers.\1."),
            (re.compile(r"^text_model\.roberta\.encoder\.layers\.(\d+)\."), r"text_model.roberta.encoder.layer.\1.")]
 
-WEIGHT_FILES = ["model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json"]
-EXTRA_FILES = ["sentencepiece.bpe.model", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-               "preprocessor_config.json"]
 
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be loaded: unreadable, refused, or not matching its config."""
-
-
-# -----------------------------------------------------------------------------
-# Finding the files: a local folder, or a hub repo through huggingface_hub's cache.
-
-
-def resolve(source: str | Path, optional: list[str] = ()) -> tuple[Path, Path]:
-    """Return (folder, weights file) for a local folder or a hub repo id, fetching only what is needed.
-
-    From the hub: config.json, the first weight format present in WEIGHT_FILES order (safetensors first, with the
-    shards an index names) and, if they exist, the `optional` files. Everything lands in the hub cache.
-    """
-    path = Path(source)
-    if path.exists():
-        if not path.is_dir():
-            raise FileNotFoundError(f"{path} is a file; pass the folder that holds config.json and the weights")
-        for name in WEIGHT_FILES:
-            if (path / name).exists():
-                return path, path / name
-        raise FileNotFoundError(f"{path} holds no weights: expected one of {', '.join(WEIGHT_FILES)}")
-    if str(source).startswith((".", "/", "~")) or str(source).count("/") != 1:
-        raise FileNotFoundError(f"model folder {source} does not exist (a hub id looks like BAAI/AltCLIP)")
-    return _download(str(source), optional)
-
-
-def _download(repo_id: str, optional) -> tuple[Path, Path]:
-    return cache_first(repo_id, lambda local_only: _fetch_all(repo_id, optional, local_only))
-
-
-def cache_first(repo_id: str, fetch):
-    """fetch(local_only=True) from the cache, without touching the network (a model used once works offline and
-    starts fast); if that finds nothing, one quick probe of the hub, then fetch(local_only=False)."""
-    found = fetch(True)
-    if found is None:
-        if not hub_reachable():
-            raise OSError(offline_message(repo_id))
-        found = fetch(False)
-    return found
-
-
-def _fetch_all(repo_id, optional, local_only):
-    """(folder, weights) with config.json, one weight format (and its shards) and the optional files, or None."""
-    config = hub_file(repo_id, "config.json", local_only)
-    if config is None:
-        if local_only:
-            return None
-        raise FileNotFoundError(f"{repo_id} has no config.json on the Hugging Face Hub")
-    for name in WEIGHT_FILES:
-        weights = hub_file(repo_id, name, local_only)
-        if weights is None:
-            continue
-        if name.endswith(".index.json"):
-            shards = sorted(set(json.loads(weights.read_text())["weight_map"].values()))
-            if any(hub_file(repo_id, shard, local_only) is None for shard in shards):
-                if local_only:
-                    return None
-                raise FileNotFoundError(f"{repo_id}: {name} names shards that the repository does not have")
-        for extra in optional:
-            hub_file(repo_id, extra, local_only)
-        return config.parent, weights
-    if local_only:
-        return None
-    raise FileNotFoundError(f"{repo_id} has none of {', '.join(WEIGHT_FILES)} on the Hugging Face Hub")
-
-
-def hub_file(repo_id: str, filename: str, local_only: bool = False) -> Path | None:
-    """One file of a hub repo through huggingface_hub's cache, or None if the repo has no such file (or, with
-    local_only, if it is not cached). Errors: FileNotFoundError for a repo that does not exist, OSError offline."""
-    from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import (EntryNotFoundError, HFValidationError, LocalEntryNotFoundError,
-                                        RepositoryNotFoundError)
-    try:
-        return Path(hf_hub_download(repo_id, filename, local_files_only=local_only))
-    except HFValidationError:
-        raise FileNotFoundError(f"{repo_id!r} is neither a local folder nor a Hugging Face Hub repo id") from None
-    except RepositoryNotFoundError:
-        raise FileNotFoundError(f"{repo_id} is not a model repository on the Hugging Face Hub (or it is private), "
-                                f"and no local folder has that name") from None
-    except EntryNotFoundError:
-        return None
-    except LocalEntryNotFoundError:  # not in the cache, and (when asked to download) the hub could not be reached
-        if local_only:
-            return None
-        raise OSError(offline_message(repo_id)) from None
-
-
-def hub_reachable(timeout: float = 3.0) -> bool:
-    """Whether the hub answers at all: one quick connection instead of huggingface_hub's retries with back-off."""
-    import os
-    import socket
-    from urllib.parse import urlparse
-
-    from huggingface_hub import constants
-
-    if constants.HF_HUB_OFFLINE:
-        return False
-    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
-        return True  # only the proxy can tell; let huggingface_hub try
-    url = urlparse(constants.ENDPOINT)
-    try:
-        socket.create_connection((url.hostname, url.port or 443), timeout=timeout).close()
-        return True
-    except OSError:
-        return False
-
-
-def offline_message(repo_id: str) -> str:
-    return (f"cannot reach the Hugging Face Hub to download {repo_id}, and it is not in the local cache. Download "
-            f"it once with network access (`hf download {repo_id}`), or point at a local copy: --model "
-            f"/path/to/folder (or load_pretrained('/path/to/folder'))")
 
 
 # -----------------------------------------------------------------------------
@@ -214,12 +103,10 @@ def offline_message(repo_id: str) -> str:
 
 def read_tensors(weights: Path, keep=None) -> dict[str, torch.Tensor]:
     """All tensors of a checkpoint, by checkpoint name. Sharded checkpoints are read through their index.
-    keep: a test on names; only the tensors it passes are mapped (and shards holding none are not opened)."""
+    keep: a test on names; only the tensors it passes are mapped."""
     if weights.name.endswith(".index.json"):
-        weight_map = json.loads(weights.read_text())["weight_map"]
-        shards = sorted({shard for name, shard in weight_map.items() if keep is None or keep(name)})
         tensors = {}
-        for shard in shards:
+        for shard in shard_names(weights):
             if not (weights.parent / shard).exists():
                 raise CheckpointError(f"{weights} names a shard {shard} that is missing from {weights.parent}")
             tensors.update(read_tensors(weights.parent / shard, keep))
@@ -424,10 +311,10 @@ def load_pretrained(source: str | Path = "BAAI/AltCLIP", *, dtype: torch.dtype =
     otherwise; True insists on them (RuntimeError saying why when they cannot run; Triton's CPU interpreter,
     TRITON_INTERPRET=1, counts as able to run); False never uses them. `model.kernels` tells which path is on.
     onednn: on CPU, pack the blocks' linear layers for oneDNN with the MLP activations fused (altclip_kernels/onednn.py):
-    about 1.3x the throughput on AVX-512 CPUs, for a few seconds more at load, but slower on AVX2-only ones
+    faster on AVX-512 CPUs, for a few seconds more at load, but slower on AVX2-only ones
     (`altclip_kernels.onednn.faster_here()` says which). RuntimeError saying why when it cannot be done here.
-    A bfloat16/float16 model on a CPU without native instructions for it works, emulated and ~5x slower than
-    float32: a altclip_kernels.cpu.EmulatedDtypeWarning says so.
+    A bfloat16/float16 model on a CPU without native instructions for it works, emulated and several times slower
+    than float32: an altclip_kernels.cpu.EmulatedDtypeWarning says so.
     """
     use_kernels = _want_kernels(kernels, torch.device(device))  # before any download: kernels=True fails fast
     if torch.device(device).type == "cpu" and dtype in (torch.bfloat16, torch.float16):
@@ -469,15 +356,12 @@ def _want_kernels(kernels: bool | None, device: torch.device, config: AltCLIPCon
         return False  # decided without importing Triton, which takes a while
     import altclip_kernels as triton_kernels
 
-    ok, why = triton_kernels.available()
+    why = triton_kernels.refusal(config)
     interpreted = triton_kernels.interpreted()
-    shapes = None if config is None else triton_kernels.unsupported_shapes(config)
     if kernels is None:
-        return ok and not interpreted and shapes is None
-    if not ok:
-        raise RuntimeError(f"kernels=True, but the Triton kernels cannot run here: {why}")
-    if shapes is not None:
-        raise RuntimeError(f"kernels=True, but the Triton kernels cannot run this model: {shapes}")
+        return why is None and not interpreted
+    if why is not None:
+        raise RuntimeError(f"kernels=True, but {why}")
     if device.type != "cuda" and not interpreted:
         raise RuntimeError(f"kernels=True needs the model on a CUDA device (got {device}), or TRITON_INTERPRET=1 "
                            f"to run the kernels in Triton's CPU interpreter")
@@ -517,10 +401,9 @@ _INVERSE = [(_pattern(ours), ckpt) for ckpt, ours in NAME_MAP.items()]
 _INVERSE_FUSED = [(_pattern(ours), parts) for ours, parts in FUSED.items()]
 
 # CLIP's image preprocessing, in the reference's CLIPImageProcessor terms (resample 3 = PIL bicubic); the crop is
-# the model's image_size.
+# the model's image_size, the mean and std altclip.py's (save_pretrained adds them).
 PREPROCESSOR = dict(image_processor_type="CLIPImageProcessor", do_convert_rgb=True, do_resize=True, resample=3,
-                    do_center_crop=True, do_rescale=True, rescale_factor=1 / 255, do_normalize=True,
-                    image_mean=[0.48145466, 0.4578275, 0.40821073], image_std=[0.26862954, 0.26130258, 0.27577711])
+                    do_center_crop=True, do_rescale=True, rescale_factor=1 / 255, do_normalize=True)
 
 
 def checkpoint_tensors(model: AltCLIP) -> dict[str, torch.Tensor]:
@@ -570,8 +453,11 @@ def save_pretrained(model: AltCLIP, folder: str | Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     save_file(tensors, folder / "model.safetensors", metadata={"format": "pt"})
     (folder / "config.json").write_text(json.dumps(config_dict(model), indent=2) + "\n")
+    from altclip import CLIP_MEAN, CLIP_STD
+
     size = model.config.vision.image_size
-    preprocessor = {**PREPROCESSOR, "size": {"shortest_edge": size}, "crop_size": {"height": size, "width": size}}
+    preprocessor = {**PREPROCESSOR, "size": {"shortest_edge": size}, "crop_size": {"height": size, "width": size},
+                    "image_mean": list(CLIP_MEAN), "image_std": list(CLIP_STD)}
     (folder / "preprocessor_config.json").write_text(json.dumps(preprocessor, indent=2) + "\n")
     return folder
 

@@ -547,7 +547,7 @@ def message_field(number, payload):
 
 def download(repo_id, filename):
     """A file of a hub repo, through huggingface_hub's cache (looked at first), with load_weights' clear errors."""
-    from load_weights import cache_first, hub_file  # one resolver for weights and tokenizer
+    from checkpoint_files import cache_first, hub_file  # one resolver for weights and tokenizer
 
     path = cache_first(repo_id, lambda local_only: hub_file(repo_id, filename, local_only))
     if path is None:

@@ -108,7 +108,7 @@ def build_checkpoint(folder: Path = DEFAULT_MODEL, seed: int = SEED, vocab_size:
 def train_tokenizer(folder: Path, vocab_size: int):
     """A small XLM-R-like sentencepiece model: the tests' fixture when present, else a minimal one trained here."""
     try:
-        from tests.spm_fixture import train_sentencepiece
+        from tests.helpers import train_sentencepiece
     except ImportError:
         train_sentencepiece = None
     if train_sentencepiece is not None:

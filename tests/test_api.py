@@ -22,9 +22,7 @@ import altclip
 import load_weights
 from altclip import (AltCLIPConfig, AltCLIPModel, AltCLIPProcessor, AltCLIPTextConfig, AltCLIPTextModel,
                      AltCLIPVisionConfig, AltCLIPVisionModel)
-from checkpoints import save_checkpoint, tiny_model_folder, tiny_reference
-from spm_fixture import train_sentencepiece
-from test_preprocess import reference_processor
+from helpers import reference_processor, save_checkpoint, tiny_model_folder, tiny_reference, train_sentencepiece
 
 ROOT = Path(__file__).resolve().parents[1]
 CAT = ROOT / "examples" / "cat.jpg"
@@ -372,7 +370,11 @@ def test_a_search_with_every_image_indexed_reads_the_text_side_alone(capsys, fol
     import json
     import shutil
 
-    from test_search import run
+    import cli
+
+    def run(capsys, *argv):
+        code = cli.main([str(a) for a in argv])
+        return (code, *capsys.readouterr())
 
     photos = tmp_path / "photos"
     photos.mkdir()

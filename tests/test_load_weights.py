@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import load_weights
-from checkpoints import reference_state_dict, save_checkpoint, tiny_reference
+from helpers import reference_state_dict, save_checkpoint, tiny_reference
 from load_weights import CheckpointError, load_pretrained
 
 ROOT = Path(__file__).resolve().parents[1]
