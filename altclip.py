@@ -565,6 +565,7 @@ class _Tower(nn.Module):
         read; the other tower's are never mapped. A tensor of the tower missing from the checkpoint is an error."""
         import load_weights  # the loader reads files and knows no model class: imported when used
 
+        load_weights.warn_if_emulated(dtype, device)
         folder, weights = load_weights.resolve(source)
         config = cls.sub_config(load_weights.load_config(folder))
         with torch.device("meta"):  # shapes only: no memory and no random initialisation

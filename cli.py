@@ -264,11 +264,15 @@ def load_text_side(args):
     from altclip import AltCLIPTextModelWithProjection
     t0 = time.perf_counter()
     try:
-        model = AltCLIPTextModelWithProjection.from_pretrained(args.model, dtype=DTYPES[args.dtype],
-                                                               device=args.device)
+        with warnings.catch_warnings(record=True) as caught:  # shown below as one line each, as load_model does
+            warnings.simplefilter("always")
+            model = AltCLIPTextModelWithProjection.from_pretrained(args.model, dtype=DTYPES[args.dtype],
+                                                                   device=args.device)
         tokenizer = Tokenizer.from_pretrained(args.model)
     except (OSError, CheckpointError) as e:
         raise Failure(f"model '{args.model}': {e}") from None
+    for w in caught:
+        warn(w.message)
     if args.verbose:
         say(f"{args.model}: text tower loaded alone in {time.perf_counter() - t0:.1f} s (every image is indexed): "
             f"{args.dtype} on {args.device}, compute path: {model.path}")

@@ -317,10 +317,7 @@ def load_pretrained(source: str | Path = "BAAI/AltCLIP", *, dtype: torch.dtype =
     than float32: an altclip_kernels.cpu.EmulatedDtypeWarning says so.
     """
     use_kernels = _want_kernels(kernels, torch.device(device))  # before any download: kernels=True fails fast
-    if torch.device(device).type == "cpu" and dtype in (torch.bfloat16, torch.float16):
-        from altclip_kernels import cpu
-        if (message := cpu.emulation_warning(dtype)) is not None:
-            warnings.warn(message, cpu.EmulatedDtypeWarning, stacklevel=2)
+    warn_if_emulated(dtype, device)
     if onednn:
         _check_onednn(dtype, torch.device(device))
     from altclip import AltCLIP
@@ -337,6 +334,14 @@ def load_pretrained(source: str | Path = "BAAI/AltCLIP", *, dtype: torch.dtype =
         from altclip_kernels import onednn as onednn_kernels
         onednn_kernels.pack(model)
     return model.use_kernels(use_kernels).eval()
+
+
+def warn_if_emulated(dtype: torch.dtype, device, stacklevel: int = 3):
+    """An EmulatedDtypeWarning for a bfloat16/float16 model on a CPU without native instructions for that dtype."""
+    if torch.device(device).type == "cpu" and dtype in (torch.bfloat16, torch.float16):
+        from altclip_kernels import cpu
+        if (message := cpu.emulation_warning(dtype)) is not None:
+            warnings.warn(message, cpu.EmulatedDtypeWarning, stacklevel=stacklevel)
 
 
 def _check_onednn(dtype: torch.dtype, device: torch.device):

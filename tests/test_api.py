@@ -268,6 +268,21 @@ def test_vision_tower_from_a_full_checkpoint(tmp_path, monkeypatch, fmt):
     torch.testing.assert_close(ours.pooler_output, theirs.pooler_output, **F32)
 
 
+@pytest.mark.parametrize("native", [True, False])
+def test_a_tower_in_bfloat16_warns_where_it_runs_emulated(folder, monkeypatch, native):
+    """As load_pretrained does; the CPU class without native bfloat16 (AVX2) is simulated."""
+    import warnings
+
+    from altclip_kernels import cpu
+
+    monkeypatch.setattr(cpu, "native", lambda dtype: native)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model = AltCLIPTextModel.from_pretrained(folder, dtype=torch.bfloat16)
+    assert model.dtype == torch.bfloat16
+    assert len([w for w in caught if issubclass(w.category, cpu.EmulatedDtypeWarning)]) == (0 if native else 1)
+
+
 def test_a_tower_missing_from_the_checkpoint_fails_by_name(tmp_path):
     from safetensors.torch import load_file, save_file
 
