@@ -93,6 +93,24 @@ def test_the_pages_example_gives_the_references_probabilities(folder, reference)
     assert not torch.allclose(ref_probs, torch.full_like(ref_probs, 0.5), atol=1e-3)  # a test that can fail
 
 
+def test_the_pages_other_examples(folder, reference):
+    """get_text_features / get_image_features and the towers, fed straight from the processor as the page does."""
+    processor = AltCLIPProcessor.from_pretrained(folder)
+    model = AltCLIPModel.from_pretrained(folder)
+    texts = processor(text=["it's a cat", "it's a dog"], padding=True, return_tensors="pt")
+    pixels = processor(images=Image.open(CAT), return_tensors="pt")
+    ref = reference[0]
+    with torch.no_grad():
+        torch.testing.assert_close(model.get_text_features(**texts), ref.get_text_features(**texts).pooler_output,
+                                   **F32)
+        torch.testing.assert_close(model.get_image_features(**pixels),
+                                   ref.get_image_features(**pixels).pooler_output, **F32)
+        text = AltCLIPTextModel.from_pretrained(folder)(**texts)
+        torch.testing.assert_close(text.pooler_output, ref.text_model(**texts).pooler_output, **F32)
+        vision = AltCLIPVisionModel.from_pretrained(folder)(**pixels)
+        torch.testing.assert_close(vision.pooler_output, ref.vision_model(**pixels).pooler_output, **F32)
+
+
 def test_the_old_names_keep_working(folder):
     assert altclip.AltCLIP is AltCLIPModel
     model = load_weights.load_pretrained(folder)
