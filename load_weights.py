@@ -6,6 +6,10 @@ Load BAAI/AltCLIP checkpoints (and the rest of the family: AltCLIP-m9, AltCLIP-m
     python load_weights.py BAAI/AltCLIP --to-safetensors ./altclip-st   # convert the hub's .bin once, load fast after
     save_pretrained(model, "./my-altclip")                # ours → the same layout (train.py saves with it)
 
+altclip.py's classes load through here (AltCLIPModel.from_pretrained is load_pretrained; a tower's from_pretrained
+takes read_config and state_dict(..., part="text_model.")): this file imports none of them at its top, so either
+side may import the other without a circle.
+
 The checkpoint's tensor names are the reference implementation's module paths. NAME_MAP below is the whole mapping
 to our module names, DROPPED lists what is deliberately ignored and FUSED what is transformed on the way in.
 Loading is strict: anything missing, unexpected or of the wrong shape is an error that names the tensor.
