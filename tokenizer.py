@@ -49,6 +49,7 @@ import sentencepiece
 import torch
 
 MODEL_FILE = "sentencepiece.bpe.model"
+TOKENIZER_FILES = (MODEL_FILE, "tokenizer_config.json", "special_tokens_map.json")  # what write_config leaves beside it
 SPECIALS = ["<s>", "<pad>", "</s>", "<unk>"]  # fairseq ids 0-3; <mask> comes after the pieces
 UNKNOWN = 3  # the id of a character that no piece covers, whatever the file's layout
 WHITESPACE = re.compile("[\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]+")  # White_Space

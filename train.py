@@ -34,11 +34,12 @@ import random
 import re
 import sys
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
-# Threads that wait for work sleep instead of spinning: on a CPU shared with other processes, spinning OpenMP
-# threads made every small op here wait for a descheduled partner (5-7x slower steps). Read when torch loads OpenMP.
+# Threads that wait for work sleep instead of spinning: on a CPU shared with other processes, a spinning OpenMP
+# thread holds a core that its descheduled partner needs, and every small op waits for it. Read when torch loads
+# OpenMP.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import numpy as np  # noqa: E402
@@ -48,52 +49,80 @@ from PIL import Image  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 import shapes  # noqa: E402
-from altclip import CLIP_MEAN, CLIP_STD, AltCLIP, AltCLIPConfig, TextConfig, VisionConfig  # noqa: E402
-from cli import positive_int  # noqa: E402
+from altclip import AltCLIP, AltCLIPConfig, TextConfig, VisionConfig, contrastive_loss, normalize_pixels  # noqa: E402
 from load_weights import CheckpointError, load_pretrained, save_pretrained  # noqa: E402
-from tokenizer import MODEL_FILE, Tokenizer, write_config  # noqa: E402
+from tokenizer import MODEL_FILE, TOKENIZER_FILES, Tokenizer, write_config  # noqa: E402
 
 # -----------------------------------------------------------------------------
 # The recipe's sizes and schedule. The defaults made examples/mini-altclip.
 
 
 @dataclass(frozen=True)
-class Recipe:
-    # towers: the image tower reads 224 px images in 14 px patches (16 × 16 + 1 tokens), as CLIP ViT-L/14
+class Towers:
+    """The CLIP stand-in's towers and its tokenizer: what stage 0 builds."""
+    # the image tower reads 224 px images in 14 px patches (16 × 16 + 1 tokens), as CLIP ViT-L/14
     image_size: int = 224
     patch_size: int = 14
     vision_width: int = 64
     vision_layers: int = 2
     text_width: int = 96  # the teacher's text tower, and the width of its text representation (project_dim)
     text_layers: int = 2
-    student_width: int = 96  # the student's own width; its transformation maps it to the teacher's text_width
-    student_layers: int = 3
     heads: int = 4
     projection_dim: int = 64
     vocab_size: int = 1000  # asked of sentencepiece; a small corpus may give fewer pieces
     max_positions: int = 66  # 64 tokens per text (positions 0 and 1 are taken by the padding offset)
-    # data: stage 0 and stage 2 train on different images; stage 1 sees none
-    images0: int = 8000
-    images2: int = 4000
     tokenizer_scenes: int = 4000  # scenes whose captions, in every language, train the tokenizer
-    test_per_class: int = 20  # 36 classes × 20 = 720 test images
-    # schedule: AdamW, linear warm-up, cosine decay to zero
-    steps0: int = 400
-    batch0: int = 128
-    lr0: float = 2e-3
-    steps1: int = 700
-    batch1: int = 32  # scenes per step, each in all ten languages: 320 captions
-    lr1: float = 1e-3
-    steps2: int = 300
-    batch2: int = 256
-    lr2: float = 3e-4
-    warmup: float = 0.05  # fraction of each stage's steps
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One stage's data and schedule: AdamW, linear warm-up, cosine decay to zero."""
+    steps: int
+    batch: int
+    lr: float
+    images: int = 0  # training pictures drawn for this stage (each stage its own; stage 1 sees none)
+    warmup: float = 0.05  # fraction of the steps
     weight_decay: float = 0.05
 
 
-SMOKE = Recipe(image_size=56, patch_size=14, vision_width=16, vision_layers=1, text_width=16, text_layers=1, student_width=24,
-               student_layers=1, heads=2, projection_dim=8, vocab_size=300, images0=48, images2=32,
-               tokenizer_scenes=200, test_per_class=2, steps0=3, batch0=16, steps1=3, batch1=4, steps2=3, batch2=16)
+@dataclass(frozen=True)
+class Recipe:
+    """The recipe's sizes and schedule. The defaults made examples/mini-altclip."""
+    towers: Towers = Towers()
+    student_width: int = 96  # the student's own width; its transformation maps it to the teacher's text_width
+    student_layers: int = 3
+    test_per_class: int = 20  # 36 classes × 20 = 720 test images
+    stage0: Stage = Stage(steps=400, batch=128, lr=2e-3, images=8000)
+    stage1: Stage = Stage(steps=700, batch=32, lr=1e-3)  # scenes per step, each in all ten languages: 320 captions
+    stage2: Stage = Stage(steps=300, batch=256, lr=3e-4, images=4000)
+
+    def stage0_key(self) -> dict:
+        """Everything stage 0 reads (the towers, the tokenizer's corpus, its own stage): a cached teacher is reused
+        only when this is the same."""
+        return {"towers": asdict(self.towers), "stage0": asdict(self.stage0)}
+
+    def with_steps(self, s0: int, s1: int, s2: int) -> "Recipe":
+        return replace(self, stage0=replace(self.stage0, steps=s0), stage1=replace(self.stage1, steps=s1),
+                       stage2=replace(self.stage2, steps=s2))
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Recipe":
+        """The inverse of asdict; also reads the flat layout that results.json of earlier runs holds (`steps0`,
+        `batch0`, `lr0`, … and one warm-up and weight decay for all stages)."""
+        if "towers" in d:
+            return cls(Towers(**d["towers"]), **{k: Stage(**v) if k.startswith("stage") else v
+                                                 for k, v in d.items() if k != "towers"})
+        towers = Towers(**{f.name: d[f.name] for f in fields(Towers)})
+        schedule = {"warmup": d["warmup"], "weight_decay": d["weight_decay"]}
+        return cls(towers, d["student_width"], d["student_layers"], d["test_per_class"],
+                   *(Stage(d[f"steps{k}"], d[f"batch{k}"], d[f"lr{k}"], d.get(f"images{k}", 0), **schedule)
+                     for k in range(3)))
+
+
+SMOKE = Recipe(Towers(image_size=56, patch_size=14, vision_width=16, vision_layers=1, text_width=16, text_layers=1,
+                      heads=2, projection_dim=8, vocab_size=300, tokenizer_scenes=200),
+               student_width=24, student_layers=1, test_per_class=2, stage0=Stage(3, 16, 2e-3, images=48),
+               stage1=Stage(3, 4, 1e-3), stage2=Stage(3, 16, 3e-4, images=32))
 
 TRAIN_SEED, TEST_SEED = 0, 1  # the test set is generated from its own seed, never the training one
 STAGES = {"stage0": "0: teacher (CLIP stand-in)", "stage1": "1: teacher learning", "stage2": "2: contrastive"}
@@ -103,14 +132,13 @@ STAGES = {"stage0": "0: teacher (CLIP stand-in)", "stage1": "1: teacher learning
 # The two losses, as the paper writes them.
 
 
-def contrastive_loss(text_embeds, image_embeds, logit_scale):
+def clip_loss(text_embeds, image_embeds, logit_scale):
     """CLIP's symmetric InfoNCE (Radford et al. 2021, Figure 3), which AltCLIP's contrastive learning stage uses:
     logits = exp(t) · T̂ Îᵀ with T̂, Î the L2-normalised embeddings of B matching pairs, and
-    L = ½ [CE(logits, diag) + CE(logitsᵀ, diag)]: each text picks its image among B, and each image its text."""
-    t, i = F.normalize(text_embeds, dim=-1), F.normalize(image_embeds, dim=-1)
-    logits = logit_scale.exp() * t @ i.t()  # (B texts, B images)
-    target = torch.arange(len(logits))
-    return (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target)) / 2
+    L = ½ [CE(logits, diag) + CE(logitsᵀ, diag)] (altclip.contrastive_loss): each text picks its image among B,
+    and each image its text."""
+    t, i = F.normalize(text_embeds.float(), dim=-1), F.normalize(image_embeds.float(), dim=-1)
+    return contrastive_loss(logit_scale.float().exp() * t @ i.t())  # logits (B texts, B images)
 
 
 def teacher_learning_loss(student, teacher):
@@ -139,8 +167,7 @@ def render(scenes, size: int):
 def pixel_values(images):
     """uint8 (B, 3, S, S) → what altclip.preprocess makes of the same S × S image (its resize and crop are then the
     identity): scaled to [0, 1], normalised with CLIP's mean and std."""
-    mean, std = torch.tensor(CLIP_MEAN).view(3, 1, 1), torch.tensor(CLIP_STD).view(3, 1, 1)
-    return (images.float() / 255 - mean) / std
+    return normalize_pixels(images.float() / 255)
 
 
 class Captions:
@@ -269,15 +296,21 @@ def format_table(stages: dict) -> str:
 # Optimisation, shared by the stages.
 
 
-def optimise(params, steps: int, lr: float, recipe: Recipe, loss_fn, desc: str, after_step=None) -> list:
-    """AdamW on `params` for `steps` steps of `loss_fn(step)`, with linear warm-up then cosine decay to zero; weight
-    decay on matrices only (not on biases, LayerNorm weights, embeddings of one vector or the temperature).
-    Returns the loss of every step."""
-    params = list(params)
-    groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": recipe.weight_decay},
+def adamw(params, stage: Stage) -> torch.optim.AdamW:
+    """AdamW with CLIP's betas and eps; weight decay on matrices only (not on biases, LayerNorm weights, embeddings
+    of one vector or the temperature)."""
+    params = [p for p in params if p.requires_grad]
+    groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": stage.weight_decay},
               {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
-    opt = torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.98), eps=1e-6)
-    warmup = max(1, round(recipe.warmup * steps))
+    return torch.optim.AdamW(groups, lr=stage.lr, betas=(0.9, 0.98), eps=1e-6)
+
+
+def optimise(params, stage: Stage, loss_fn, desc: str, after_step=None) -> list:
+    """AdamW on `params` for the stage's steps of `loss_fn(step)`, with linear warm-up then cosine decay to zero.
+    Returns the loss of every step."""
+    steps = stage.steps
+    opt = adamw(params, stage)
+    warmup = max(1, round(stage.warmup * steps))
 
     def schedule(step):
         if step < warmup:
@@ -310,15 +343,15 @@ def freeze(*modules):
 # The stages.
 
 
-def new_teacher(recipe: Recipe, vocab_size: int) -> AltCLIP:
+def new_teacher(towers: Towers, vocab_size: int) -> AltCLIP:
     """An AltCLIP of the recipe's size at random: the CLIP stand-in that stage 0 trains."""
-    vision = VisionConfig(image_size=recipe.image_size, patch_size=recipe.patch_size, hidden_size=recipe.vision_width,
-                          intermediate_size=4 * recipe.vision_width, num_hidden_layers=recipe.vision_layers,
-                          num_attention_heads=recipe.heads)
-    text = TextConfig(vocab_size=vocab_size, hidden_size=recipe.text_width, intermediate_size=4 * recipe.text_width,
-                      num_hidden_layers=recipe.text_layers, num_attention_heads=recipe.heads,
-                      max_position_embeddings=recipe.max_positions, project_dim=recipe.text_width)
-    return AltCLIP(AltCLIPConfig(text=text, vision=vision, projection_dim=recipe.projection_dim))
+    vision = VisionConfig(image_size=towers.image_size, patch_size=towers.patch_size, hidden_size=towers.vision_width,
+                          intermediate_size=4 * towers.vision_width, num_hidden_layers=towers.vision_layers,
+                          num_attention_heads=towers.heads)
+    text = TextConfig(vocab_size=vocab_size, hidden_size=towers.text_width, intermediate_size=4 * towers.text_width,
+                      num_hidden_layers=towers.text_layers, num_attention_heads=towers.heads,
+                      max_position_embeddings=towers.max_positions, project_dim=towers.text_width)
+    return AltCLIP(AltCLIPConfig(text=text, vision=vision, projection_dim=towers.projection_dim))
 
 
 def new_student(recipe: Recipe, teacher: AltCLIP) -> AltCLIP:
@@ -335,28 +368,28 @@ def new_student(recipe: Recipe, teacher: AltCLIP) -> AltCLIP:
     return model
 
 
-def stage0_clip(teacher: AltCLIP, images, scenes, captions: Captions, recipe: Recipe, rng: random.Random) -> list:
+def stage0_clip(teacher: AltCLIP, images, scenes, captions: Captions, stage: Stage, rng: random.Random) -> list:
     """Stage 0, the CLIP stand-in: both towers, both projections and the temperature learn from scratch, with CLIP's
     contrastive loss on (image, English caption) pairs. Nothing is frozen."""
     teacher.train()
     order = []
 
     def loss(step):
-        while len(order) < recipe.batch0:  # epochs of the images in random order; a fresh caption every time
+        while len(order) < stage.batch:  # epochs of the images in random order; a fresh caption every time
             order.extend(rng.sample(range(len(images)), len(images)))
-        batch = [order.pop() for _ in range(recipe.batch0)]
+        batch = [order.pop() for _ in range(stage.batch)]
         ids, mask = captions([shapes.captions(scenes[k], rng)["en"] for k in batch])
         text = teacher.text_projection(teacher.text_model(ids, mask, skip_padding=True).pooler_output)
         image = teacher.visual_projection(teacher.vision_model(pixel_values(images[batch])).pooler_output)
-        return contrastive_loss(text, image, teacher.logit_scale)
+        return clip_loss(text, image, teacher.logit_scale)
 
     def clamp():  # as CLIP: the temperature never scales logits by more than 100
         with torch.no_grad():
             teacher.logit_scale.clamp_(max=math.log(100))
-    return optimise(teacher.parameters(), recipe.steps0, recipe.lr0, recipe, loss, "stage 0: CLIP stand-in", clamp)
+    return optimise(teacher.parameters(), stage, loss, "stage 0: CLIP stand-in", clamp)
 
 
-def stage1_teacher_learning(student: AltCLIP, teacher: AltCLIP, captions: Captions, recipe: Recipe,
+def stage1_teacher_learning(student: AltCLIP, teacher: AltCLIP, captions: Captions, stage: Stage,
                             rng: random.Random) -> list:
     """Stage 1, teacher learning: text only. Each step draws scenes (never rendered) with a caption in each of the
     ten languages, and pulls the student's output for every caption to the teacher's for the English one."""
@@ -367,17 +400,16 @@ def stage1_teacher_learning(student: AltCLIP, teacher: AltCLIP, captions: Captio
     student.train()
 
     def loss(step):
-        groups = [shapes.captions(shapes.sample_scene(rng), rng) for _ in range(recipe.batch1)]
+        groups = [shapes.captions(shapes.sample_scene(rng), rng) for _ in range(stage.batch)]
         with torch.no_grad():
             target = teacher.text_model(*captions([g["en"] for g in groups]), skip_padding=True).pooler_output
         texts = [g[lang] for lang in shapes.LANGUAGES for g in groups]  # language-major: (10 · B,)
         out = student.text_model(*captions(texts), skip_padding=True).pooler_output  # (10 · B, d)
         return teacher_learning_loss(out, target.repeat(len(shapes.LANGUAGES), 1))
-    return optimise(student.text_model.parameters(), recipe.steps1, recipe.lr1, recipe, loss,
-                    "stage 1: teacher learning")
+    return optimise(student.text_model.parameters(), stage, loss, "stage 1: teacher learning")
 
 
-def stage2_contrastive(model: AltCLIP, images, scenes, captions: Captions, recipe: Recipe,
+def stage2_contrastive(model: AltCLIP, images, scenes, captions: Captions, stage: Stage,
                        rng: random.Random) -> list:
     """Stage 2, contrastive learning on (image, caption in a random language) pairs. The text tower learns; the image
     tower is frozen, and so are both projections and the temperature: the shared space stays the teacher's."""
@@ -388,13 +420,13 @@ def stage2_contrastive(model: AltCLIP, images, scenes, captions: Captions, recip
     order = []
 
     def loss(step):
-        while len(order) < recipe.batch2:
+        while len(order) < stage.batch:
             order.extend(rng.sample(range(len(images)), len(images)))
-        batch = [order.pop() for _ in range(recipe.batch2)]
+        batch = [order.pop() for _ in range(stage.batch)]
         texts = [shapes.captions(scenes[k], rng)[rng.choice(shapes.LANGUAGES)] for k in batch]
         text = model.text_projection(model.text_model(*captions(texts), skip_padding=True).pooler_output)
-        return contrastive_loss(text, image_embeds[batch], model.logit_scale)
-    return optimise(model.text_model.parameters(), recipe.steps2, recipe.lr2, recipe, loss, "stage 2: contrastive")
+        return clip_loss(text, image_embeds[batch], model.logit_scale)
+    return optimise(model.text_model.parameters(), stage, loss, "stage 2: contrastive")
 
 
 # -----------------------------------------------------------------------------
@@ -403,9 +435,8 @@ def stage2_contrastive(model: AltCLIP, images, scenes, captions: Captions, recip
 
 def keep_freed_memory():
     """Let the large tensors one step frees be reused by the next. glibc hands every block over 32 MB back to the
-    operating system when it is freed, so each training step faulted ~170,000 fresh zeroed pages into its activations:
-    a quarter of the CPU time (bench/train_step.py measures it). With the thresholds raised, freed blocks stay in the
-    heap. The numbers computed are the same; only where the memory comes from changes. A no-op without glibc."""
+    operating system when it is freed, so each training step faults fresh zeroed pages into its activations, a
+    cost bench/train_step.py measures. With the thresholds raised, freed blocks stay in the heap. The numbers computed are the same; only where the memory comes from changes. A no-op without glibc."""
     try:
         libc = ctypes.CDLL("libc.so.6")
     except OSError:
@@ -427,16 +458,12 @@ def train(out: Path, recipe: Recipe = Recipe(), seed: int = TRAIN_SEED, test_see
           teacher_cache: Path | None = None) -> dict:
     """Run stages 0-2, evaluating after each; save the model (and the teacher, in out/teacher) in BAAI/AltCLIP's
     layout with results.json beside it. Returns the results. `teacher_cache`: a folder where the stage-0 teacher
-    is kept; found there (same recipe and seed), stage 0 is skipped (for tuning stages 1 and 2)."""
+    is kept; found there (same stage-0 recipe, seed and tokenizer), stage 0 is skipped (for tuning stages 1 and 2)."""
     t0 = time.perf_counter()
     out = Path(out)
-    rng = random.Random(seed)
-    test = make_test_set(test_seed, recipe.test_per_class, recipe.image_size)
-
-    # The tokenizer is trained on the captions, in all ten languages, of training scenes only.
-    corpus = [text for scene in training_scenes(recipe.tokenizer_scenes, rng)
-              for text in shapes.captions(scene, rng).values()]
-    tokenizer = train_tokenizer(corpus, out, recipe.vocab_size, recipe.max_positions - 2)
+    rng = random.Random(seed)  # the tokenizer's scenes, then stage 0's: stages 1 and 2 draw from their own seeds
+    test = make_test_set(test_seed, recipe.test_per_class, recipe.towers.image_size)
+    tokenizer = tokenizer_of_the_world(recipe.towers, rng, out)
     captions = Captions(tokenizer)
     results = {"recipe": asdict(recipe), "seed": seed, "threads": torch.get_num_threads(), "tokenizer_pieces":
                tokenizer.vocab_size, "stages": {}, "loss": {}, "seconds": {}}
@@ -447,41 +474,67 @@ def train(out: Path, recipe: Recipe = Recipe(), seed: int = TRAIN_SEED, test_see
         results["stages"][name] = evaluate(model, tokenizer, test, captions)
         print(format_table({name: results["stages"][name]}), flush=True)
 
-    # Stage 0: the CLIP stand-in, on English captions only.
     t = time.perf_counter()
-    scenes0 = training_scenes(recipe.images0, rng)
-    cached = teacher_cache and _cached_teacher(teacher_cache, recipe, seed, out / MODEL_FILE)
-    if cached:
-        teacher, history = cached
-    else:
-        images0 = render(scenes0, recipe.image_size)
-        seed_everything(seed)
-        teacher = new_teacher(recipe, tokenizer.vocab_size)
-        history = stage0_clip(teacher, images0, scenes0, captions, recipe, rng)
-        del images0
-        if teacher_cache:
-            _save(teacher, Path(teacher_cache), tokenizer_from=out)
-            (Path(teacher_cache) / "stage0.json").write_text(json.dumps(
-                {"recipe": asdict(recipe), "seed": seed, "loss": history}))
+    teacher, history = teacher_from_cache_or_stage0(recipe, captions, rng, seed, out, teacher_cache)
     report("stage0", teacher, history, t)
 
-    # Stage 1: teacher learning, text only.
     t = time.perf_counter()
-    seed_everything(seed + 1)
-    model = new_student(recipe, teacher)
-    history = stage1_teacher_learning(model, teacher, captions, recipe, random.Random(seed + 1))
+    model, history = student_from_stage1(recipe, teacher, captions, seed + 1)
     report("stage1", model, history, t)
 
-    # Stage 2: contrastive learning on multilingual pairs, on images stage 0 never saw.
     t = time.perf_counter()
-    rng2 = random.Random(seed + 2)
-    scenes2 = training_scenes(recipe.images2, rng2)
-    seed_everything(seed + 2)
-    history = stage2_contrastive(model, render(scenes2, recipe.image_size), scenes2, captions, recipe, rng2)
+    history = tune_with_stage2(model, recipe, captions, seed + 2)
     report("stage2", model, history, t)
 
     results["seconds"]["total"] = round(time.perf_counter() - t0, 1)
     results["targets"] = check_targets(results["stages"])
+    save_run(out, model, teacher, results)
+    return results
+
+
+def tokenizer_of_the_world(towers: Towers, rng: random.Random, out: Path) -> Tokenizer:
+    """The tokenizer, trained on the captions, in all ten languages, of training scenes only; saved in `out`."""
+    corpus = [text for scene in training_scenes(towers.tokenizer_scenes, rng)
+              for text in shapes.captions(scene, rng).values()]
+    return train_tokenizer(corpus, out, towers.vocab_size, towers.max_positions - 2)
+
+
+def teacher_from_cache_or_stage0(recipe: Recipe, captions: Captions, rng: random.Random, seed: int, out: Path,
+                                 teacher_cache: Path | None) -> tuple[AltCLIP, list]:
+    """Stage 0, the CLIP stand-in on English captions only, or its result kept in `teacher_cache` by an earlier run
+    of the same stage 0. Returns the teacher and its loss history."""
+    scenes0 = training_scenes(recipe.stage0.images, rng)  # drawn either way: the random stream stays the same
+    if teacher_cache and (cached := _cached_teacher(teacher_cache, recipe, seed, out / MODEL_FILE)):
+        return cached
+    images0 = render(scenes0, recipe.towers.image_size)
+    seed_everything(seed)
+    teacher = new_teacher(recipe.towers, captions.tokenizer.vocab_size)
+    history = stage0_clip(teacher, images0, scenes0, captions, recipe.stage0, rng)
+    if teacher_cache:
+        _save(teacher, Path(teacher_cache), tokenizer_from=out)
+        (Path(teacher_cache) / "stage0.json").write_text(json.dumps(
+            {"stage0_key": recipe.stage0_key(), "seed": seed, "loss": history}))
+    return teacher, history
+
+
+def student_from_stage1(recipe: Recipe, teacher: AltCLIP, captions: Captions, seed: int) -> tuple[AltCLIP, list]:
+    """Stage 1, teacher learning, text only: a fresh student learns from the teacher. Returns it and its losses."""
+    seed_everything(seed)
+    model = new_student(recipe, teacher)
+    return model, stage1_teacher_learning(model, teacher, captions, recipe.stage1, random.Random(seed))
+
+
+def tune_with_stage2(model: AltCLIP, recipe: Recipe, captions: Captions, seed: int) -> list:
+    """Stage 2, contrastive learning on multilingual pairs, on images stage 0 never saw. Returns the losses."""
+    rng = random.Random(seed)
+    scenes = training_scenes(recipe.stage2.images, rng)
+    seed_everything(seed)
+    return stage2_contrastive(model, render(scenes, recipe.towers.image_size), scenes, captions, recipe.stage2, rng)
+
+
+def save_run(out: Path, model: AltCLIP, teacher: AltCLIP, results: dict):
+    """The model in `out`, the teacher in out/teacher (BAAI/AltCLIP's layout, tokenizer files beside each), the
+    results in out/results.json; the table and the targets on stdout."""
     _save(model, out)
     _save(teacher, out / "teacher", tokenizer_from=out)
     (out / "results.json").write_text(json.dumps(results, indent=1, ensure_ascii=False) + "\n")
@@ -489,7 +542,6 @@ def train(out: Path, recipe: Recipe = Recipe(), seed: int = TRAIN_SEED, test_see
     print(f"trained in {results['seconds']['total']:.0f} s; saved to {out}")
     for target, ok in results["targets"].items():
         print(f"  {'met ' if ok else 'MISSED'}  {target}")
-    return results
 
 
 def check_targets(stages: dict) -> dict:
@@ -514,22 +566,20 @@ def subsample(history: list, points: int = 200) -> list:
 def _save(model: AltCLIP, folder: Path, tokenizer_from: Path | None = None):
     save_pretrained(model, folder)
     if tokenizer_from is not None:
-        for name in (MODEL_FILE, "tokenizer_config.json", "special_tokens_map.json"):
+        for name in TOKENIZER_FILES:
             (folder / name).write_bytes((tokenizer_from / name).read_bytes())
 
 
 def _cached_teacher(folder: Path, recipe: Recipe, seed: int, spm_model: Path):
-    """The stage-0 teacher kept in `folder` by an earlier run with the same recipe, seed and tokenizer, or None."""
+    """The stage-0 teacher kept in `folder` by an earlier run with the same stage 0 (Recipe.stage0_key), seed and
+    tokenizer, or None."""
     folder = Path(folder)
     try:
         meta = json.loads((folder / "stage0.json").read_text())
         same_tokenizer = (folder / MODEL_FILE).read_bytes() == spm_model.read_bytes()
     except OSError:
         return None
-    later = {"student_width", "student_layers", "steps1", "batch1", "lr1", "images2", "steps2", "batch2", "lr2",
-             "test_per_class"}  # the fields stage 0 never reads; every other one may change the teacher
-    stage0 = {k: v for k, v in asdict(recipe).items() if k not in later}
-    if meta["seed"] != seed or not same_tokenizer or any(meta["recipe"].get(k) != v for k, v in stage0.items()):
+    if meta.get("seed") != seed or not same_tokenizer or meta.get("stage0_key") != recipe.stage0_key():
         return None
     model = load_pretrained(folder)
     for p in model.parameters():
@@ -544,6 +594,12 @@ def _cached_teacher(folder: Path, recipe: Recipe, seed: int, spm_model: Path):
 def non_negative_int(text: str) -> int:
     if not text.isdigit():
         raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}")
+    return int(text)
+
+
+def positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) == 0:
+        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {text!r}")
     return int(text)
 
 
@@ -569,7 +625,7 @@ def parse_args(argv=None):
                    help="seed of the training data and initialisation (default: %(default)s)")
     p.add_argument("--steps", type=non_negative_int, nargs=3, metavar=("S0", "S1", "S2"),
                    help="optimisation steps of stages 0, 1 and 2 (default: %s %s %s)"
-                        % (Recipe.steps0, Recipe.steps1, Recipe.steps2))
+                        % (Recipe.stage0.steps, Recipe.stage1.steps, Recipe.stage2.steps))
     p.add_argument("--smoke", action="store_true", help="tiny towers, a few steps on a few images: checks the "
                                                         "whole pipeline in seconds (the scores mean nothing)")
     p.add_argument("--teacher-cache", metavar="DIR", type=Path,
@@ -608,7 +664,7 @@ def main(argv=None) -> int:
         return 0
     recipe = SMOKE if args.smoke else Recipe()
     if args.steps:
-        recipe = replace(recipe, steps0=args.steps[0], steps1=args.steps[1], steps2=args.steps[2])
+        recipe = recipe.with_steps(*args.steps)
     if args.per_class:
         recipe = replace(recipe, test_per_class=args.per_class)
     try:
