@@ -19,8 +19,14 @@ training): zero-shot top-1 per language, the same on the held-out classes alone,
 result is saved in BAAI/AltCLIP's layout, so load_weights.load_pretrained, `python altclip.py --model DIR` and
 transformers' AltCLIPModel all load it.
 
-    python train.py --out examples/mini-altclip                   # the whole recipe, ≤ 15 min on 2 CPU cores
+    python train.py --out examples/mini-altclip                   # the whole recipe
     python train.py --eval examples/mini-altclip --seed 7 --json scores.json   # a fresh test set from seed 7
+
+The same two stages, pointed at any AltCLIP checkpoint (a folder or a hub id) and your own data ("make it yours"):
+
+    python train.py teach --model BAAI/AltCLIP --pairs PAIRS.tsv --out my-altclip     # known<TAB>translation
+    python train.py tune --model BAAI/AltCLIP --data CAPTIONS.tsv --out my-altclip    # image<TAB>caption
+    torchrun --nproc_per_node 4 train.py teach …                                     # data-parallel
 """
 from __future__ import annotations
 
@@ -841,14 +847,17 @@ class TextSide:
         import copy
 
         self.model, self.device = model, device
-        self.teacher = copy.deepcopy(model.text_model).eval()
-        freeze(self.teacher)
         # What stays: the image tower, both projections and the temperature (the shared space is the model's), and
         # the word embeddings unless asked (a new language is spelled with pieces the model has; for XLM-R large
         # their Adam state alone would be 2 GB).
         freeze(model.vision_model, model.visual_projection, model.text_projection, model.logit_scale)
+        words = model.text_model.embeddings.word_embeddings.weight
         if not settings.train_embeddings:
-            freeze(model.text_model.embeddings.word_embeddings)
+            freeze(words)
+        # The teacher is a copy, but of what learns only: frozen word embeddings are shared, not copied (a quarter
+        # of XLM-R large's text tower).
+        self.teacher = copy.deepcopy(model.text_model, memo={} if words.requires_grad else {id(words): words}).eval()
+        freeze(self.teacher)
         self.autocast = settings.precision == "bfloat16"
 
     def __call__(self, rows, pad_id, tower=None):
@@ -1021,7 +1030,8 @@ def load_state(out: Path, settings: Adapt, text: TextSide, opt, schedule) -> tup
 def run_steps(objective, text: TextSide, tokenizer: Tokenizer, settings: Adapt, ranks: Ranks, out: Path,
               resume: bool, save_every: int) -> list:
     """The optimisation loop both commands share: AdamW with warm-up and cosine decay (as the recipe's stages), a
-    checkpoint every `save_every` steps and at the end, the gradients summed over processes. Returns the losses."""
+    checkpoint every `save_every` steps and at the end, the gradients summed over processes. Returns the losses
+    and the mean seconds per step."""
     stage = settings.stage()
     params = text.trainable()
     opt = adamw(params, stage)
@@ -1032,6 +1042,7 @@ def run_steps(objective, text: TextSide, tokenizer: Tokenizer, settings: Adapt, 
     if resume and start and ranks.rank == 0:
         print(f"resuming {out / STATE_FILE} at step {start} of {stage.steps}", file=sys.stderr)
     text.model.text_model.train()
+    t = time.perf_counter()
     bar = tqdm(range(start, stage.steps), initial=start, total=stage.steps, desc=settings.command, unit="step",
                file=sys.stderr, dynamic_ncols=True, disable=ranks.rank != 0)
     for step in bar:
@@ -1051,7 +1062,7 @@ def run_steps(objective, text: TextSide, tokenizer: Tokenizer, settings: Adapt, 
                 save_state(out, settings, step + 1, text, opt, schedule, history)
             ranks.barrier()
     text.model.eval()
-    return history
+    return history, round((time.perf_counter() - t) / max(1, stage.steps - start), 3)
 
 
 @torch.no_grad()
@@ -1089,6 +1100,16 @@ def save_checkpoint(model: AltCLIP, source: Path, out: Path, tokenizer: Tokenize
             (out / name).write_bytes((source / name).read_bytes())
     if not (out / "tokenizer_config.json").is_file():  # e.g. BAAI/AltCLIP-m9 ships the sentencepiece model alone
         write_config(out, tokenizer.model_max_length)
+
+
+def peak_rss_gib() -> float:
+    """This process's peak resident memory so far, in GiB (Linux and macOS; 0 where unknown)."""
+    try:
+        import resource
+    except ImportError:
+        return 0.0
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return round(peak / (2 ** 30 if sys.platform == "darwin" else 2 ** 20), 2)  # bytes on macOS, KiB elsewhere
 
 
 def make_it_yours(args) -> dict:
@@ -1161,7 +1182,9 @@ def make_it_yours(args) -> dict:
         before = score()
         objective = Tune(text, tokenizer, embeds, [picture_of[k] for k in learn], [captions[k] for k in learn],
                          settings)
-    history = run_steps(objective, text, tokenizer, settings, ranks, args.out, args.resume, args.save_every)
+    history, report["seconds_per_step"] = run_steps(objective, text, tokenizer, settings, ranks, args.out,
+                                                    args.resume, args.save_every)
+    report["peak_rss_gib"] = {"training": peak_rss_gib()}
     after = score()
     if args.command == "teach" and held:
         after["known_side_cosine_to_the_original"] = (
@@ -1169,6 +1192,7 @@ def make_it_yours(args) -> dict:
     report.update(before=before, after=after, loss=subsample(history), seconds=round(time.perf_counter() - t0, 1))
     if ranks.rank == 0:
         save_checkpoint(model, folder, args.out, tokenizer)
+        report["peak_rss_gib"]["with_saving"] = peak_rss_gib()
         (args.out / "adapt.json").write_text(json.dumps(report, indent=1) + "\n")
         for name, value in before.items():
             if value is not None:
@@ -1204,7 +1228,11 @@ def parse_args(argv=None):
                     "CLIP stand-in; stage 1: teacher learning, text only; stage 2: contrastive learning, image "
                     "tower frozen), or evaluate a checkpoint on a freshly generated test set.",
         epilog="examples:\n  python train.py --out examples/mini-altclip\n"
-               "  python train.py --eval examples/mini-altclip --seed 7 --json scores.json")
+               "  python train.py --eval examples/mini-altclip --seed 7 --json scores.json\n\n"
+               "teach a checkpoint a language, or tune it on your pictures (see `train.py teach -h`, "
+               "`train.py tune -h`):\n"
+               "  python train.py teach --model BAAI/AltCLIP --pairs PAIRS.tsv --out my-altclip\n"
+               "  python train.py tune --model BAAI/AltCLIP --data CAPTIONS.tsv --out my-altclip")
     what = p.add_mutually_exclusive_group(required=True)
     what.add_argument("--out", metavar="DIR", type=Path,
                       help="train, and save the model (BAAI/AltCLIP's layout), the teacher (DIR/teacher) and "
@@ -1291,9 +1319,9 @@ def parse_adapt_args(argv):
     p.add_argument("--lr", type=positive_float, default=spec["lr"],
                    help="peak learning rate of AdamW, after a warm-up of 5%% of the steps, then cosine decay "
                         "(default: %(default)s)")
-    p.add_argument("--anchors", type=non_negative_int, default=64, metavar="N",
+    p.add_argument("--anchors", type=non_negative_int, metavar="N",
                    help="random token sequences per step whose output stays the original model's, so the languages "
-                        "it knew stay where they were (default: %(default)s)")
+                        "it knew stay where they were (default: as many as --batch-size)")
     p.add_argument("--val-fraction", type=fraction, default=0.1, metavar="F",
                    help="held out and scored before and after (default: %(default)s)")
     p.add_argument("--seed", type=non_negative_int, default=0, help="data order and anchors (default: 0)")
@@ -1312,6 +1340,7 @@ def parse_adapt_args(argv):
                    help="CPU threads per process (default: the CPU's cores over the processes on this machine)")
     args = p.parse_args(argv[1:])
     args.command = command
+    args.anchors = args.batch_size if args.anchors is None else args.anchors
     return args
 
 

@@ -82,17 +82,18 @@ def main():
     p.add_argument("--pictures", type=int, default=600, help="captioned pictures for tune (default: 600)")
     p.add_argument("--steps", type=int, help="steps of each command (default: each command's own)")
     p.add_argument("--precision", default="auto", help="train.py's --precision (default: auto)")
+    p.add_argument("--threads", type=int, default=2, help="train.py's --threads (default: 2)")
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "out" / "adapt")
     args = p.parse_args()
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     print(f"CPU: {cpu.describe()}; {os.cpu_count()} cores; load average {os.getloadavg()[0]:.2f} at the start",
           flush=True)
     write_pairs(out / "pairs.tsv", args.pairs)
     captions = write_pictures(out / "tune-data", args.pictures)
     steps = ["--steps", args.steps] if args.steps else []
-    common = ["--model", MINI, "--precision", args.precision, *steps]
+    common = ["--model", MINI, "--precision", args.precision, "--threads", args.threads, *steps]
     seconds = {"teach": run("teach", *common, "--pairs", out / "pairs.tsv", "--out", out / "taught"),
                "tune": run("tune", *common, "--data", captions, "--out", out / "tuned")}
     test = train.make_test_set(train.TEST_SEED, train.Recipe.test_per_class, 224)
