@@ -825,17 +825,23 @@ def split_off(n_groups: int, fraction: float, seed: int) -> set:
     return set(torch.randperm(n_groups, generator=step_generator(seed, 0, 2))[:k].tolist())
 
 
-def autocast_dtype(precision: str, device: torch.device):
+NARROW = 512  # text towers narrower than this train in float32 under --precision auto (see autocast_dtype)
+
+
+def autocast_dtype(precision: str, device: torch.device, width: int) -> str:
     """The autocast dtype for --precision: "auto" is bfloat16 where the device multiplies it natively (CPU: AVX-512
-    BF16 or AMX, altclip_kernels/cpu.py; GPU: Ampere or later), float32 elsewhere, where bfloat16 is emulated and
-    slower than float32."""
+    BF16 or AMX, altclip_kernels/cpu.py; GPU: Ampere or later) and the text tower is at least NARROW wide, else
+    float32. Where bfloat16 is emulated it is slower than float32; in a narrow tower a step's time goes to small ops
+    that the casts only add to (bench/README.md has both measurements)."""
     if precision == "auto":
-        if device.type == "cuda":
-            precision = "bfloat16" if torch.cuda.is_bf16_supported() else "float32"
-        else:
-            from altclip_kernels import cpu
-            precision = "bfloat16" if cpu.native(torch.bfloat16) else "float32"
+        native = torch.cuda.is_bf16_supported() if device.type == "cuda" else _cpu_has_native_bfloat16()
+        precision = "bfloat16" if native and width >= NARROW else "float32"
     return precision
+
+
+def _cpu_has_native_bfloat16() -> bool:
+    from altclip_kernels import cpu
+    return cpu.native(torch.bfloat16)
 
 
 class TextSide:
@@ -1133,9 +1139,10 @@ def make_it_yours(args) -> dict:
         raise InputError(f"--model {args.model}: {e}") from None
     data = Path(args.pairs if args.command == "teach" else args.data)
     raw = read_lines(data)  # missing, unreadable or empty: stop before any work
+    lr = args.lr or ADAPT[args.command]["lr"] * LR_WIDTH / model.config.text.hidden_size
     settings = Adapt(args.command, str(args.model), str(data), hashlib.sha256("\n".join(raw).encode()).hexdigest(),
-                     args.steps, args.batch_size, args.lr, args.seed, args.anchors, args.val_fraction,
-                     args.train_embeddings, autocast_dtype(args.precision, device))
+                     args.steps, args.batch_size, lr, args.seed, args.anchors, args.val_fraction,
+                     args.train_embeddings, autocast_dtype(args.precision, device, model.config.text.hidden_size))
     try:
         args.out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -1283,8 +1290,11 @@ def positive_float(text: str) -> float:
     return value
 
 
+# The default learning rates are the mini model's (its text tower is 96 wide); a wider tower takes steps smaller by
+# 96 / width (9.4e-5 for teach on XLM-R large), as the update of a layer grows with its width.
+LR_WIDTH = Recipe.student_width
 ADAPT = {  # per command: what it reads, its help, and defaults that work on a few thousand lines
-    "teach": dict(data="--pairs", metavar="PAIRS.tsv", steps=400, lr=3e-4,
+    "teach": dict(data="--pairs", metavar="PAIRS.tsv", steps=400, lr=1e-3,
                   help="each line `known<TAB>translation`: a sentence the model understands (e.g. English) and its "
                        "translation into the language to teach",
                   description="Teach a checkpoint a new language from parallel sentences, no picture (the paper's "
@@ -1316,9 +1326,9 @@ def parse_adapt_args(argv):
     p.add_argument("--steps", type=positive_int, default=spec["steps"], help="(default: %(default)s)")
     p.add_argument("--batch-size", type=positive_int, default=64, metavar="N",
                    help="pairs per step, over all processes (default: %(default)s)")
-    p.add_argument("--lr", type=positive_float, default=spec["lr"],
-                   help="peak learning rate of AdamW, after a warm-up of 5%% of the steps, then cosine decay "
-                        "(default: %(default)s)")
+    p.add_argument("--lr", type=positive_float,
+                   help=f"peak learning rate of AdamW, after a warm-up of 5%% of the steps, then cosine decay "
+                        f"(default: {spec['lr']:g} × {LR_WIDTH} / the text tower's width)")
     p.add_argument("--anchors", type=non_negative_int, metavar="N",
                    help="random token sequences per step whose output stays the original model's, so the languages "
                         "it knew stay where they were (default: as many as --batch-size)")

@@ -142,10 +142,11 @@ def test_batches_are_epochs_and_follow_from_the_seed_and_step():
 def test_autocast_is_bfloat16_only_where_it_is_native(monkeypatch):
     from altclip_kernels import cpu
 
-    for native, expected in [(True, "bfloat16"), (False, "float32")]:
+    for native, expected in [(True, "bfloat16"), (False, "float32")]:  # an AVX-512 BF16 CPU, then an AVX2 one
         monkeypatch.setattr(cpu, "native", lambda dtype, native=native: native if dtype == torch.bfloat16 else True)
-        assert train.autocast_dtype("auto", torch.device("cpu")) == expected
-        assert train.autocast_dtype("float32", torch.device("cpu")) == "float32"
+        assert train.autocast_dtype("auto", torch.device("cpu"), 1024) == expected
+        assert train.autocast_dtype("auto", torch.device("cpu"), 96) == "float32"  # narrow: casts cost more
+        assert train.autocast_dtype("float32", torch.device("cpu"), 1024) == "float32"
 
 
 # --- nothing lost: SIGKILL, then --resume ---------------------------------------------------------------------
@@ -157,6 +158,7 @@ def run_train(args, **kw):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kw)
 
 
+@pytest.mark.slow  # three training processes
 def test_sigkill_then_resume_equals_an_uninterrupted_run(tiny, data, tmp_path):
     args = ["--steps", "24", "--batch-size", "4", "--anchors", "4", "--precision", "float32", "--threads", "1",
             "--save-every", "3"]
@@ -203,6 +205,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow  # a torchrun launcher with two processes, and one more process
 @pytest.mark.parametrize("kind", ["teach", "tune"])
 def test_two_torchrun_processes_equal_one(kind, tiny, data, tmp_path):
     """The global batch of 4 pairs and 4 anchors is split 2 + 2; gradients are summed across the processes (gloo),
