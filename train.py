@@ -1300,7 +1300,7 @@ ADAPT = {  # per command: what it reads, its help, and defaults that work on a f
                   description="Teach a checkpoint a new language from parallel sentences, no picture (the paper's "
                               "stage 1, teacher learning): the model's own embedding of the known side is the "
                               "target of its translation."),
-    "tune": dict(data="--data", metavar="CAPTIONS.tsv", steps=300, lr=1e-4,
+    "tune": dict(data="--data", metavar="CAPTIONS.tsv", steps=300, lr=1e-3,
                  help="a header line `image<TAB>caption`, then one picture path (relative to this file) and its "
                       "caption per line, in any language",
                  description="Tune a checkpoint on your captioned pictures (the paper's stage 2, contrastive "
