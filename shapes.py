@@ -286,18 +286,25 @@ RU_POSITION = {"left": "слева", "right": "справа", "top": "сверх
 RU_DRAWN = {"m": "нарисован", "f": "нарисована", "n": "нарисовано"}
 
 
-def _ru(colour, shape, size, position, variant):
-    nominative, genitive, gender = RU_NOUN[shape]
-    nom, gen = {"m": 0, "f": 1, "n": 2}[gender], {"m": 3, "f": 4, "n": 3}[gender]
-    adjectives = [RU_ADJECTIVE[a] for a in (size, colour) if a]
-    noun_phrase = " ".join([a[nom] for a in adjectives] + [nominative])
-    noun_phrase_genitive = " ".join([a[gen] for a in adjectives] + [genitive])
-    where = RU_POSITION.get(position)
-    if variant == 0:
-        return f"{noun_phrase} {where}" if where else noun_phrase
-    if variant == 1:
-        return f"изображение {noun_phrase_genitive}" + (f" {where}" if where else "")
-    return f"{where or 'на картинке'} {RU_DRAWN[gender]} {noun_phrase}"
+def _east_slavic(adjective, noun, positions, drawn, picture_of, in_the_picture):
+    """Russian and Ukrainian captions share their grammar: adjectives agree with the noun in gender and case, the
+    genitive follows "a picture of", the participle "drawn" agrees with the noun."""
+    def caption(colour, shape, size, position, variant):
+        nominative, genitive, gender = noun[shape]
+        nom, gen = {"m": 0, "f": 1, "n": 2}[gender], {"m": 3, "f": 4, "n": 3}[gender]
+        adjectives = [adjective[a] for a in (size, colour) if a]
+        noun_phrase = " ".join([a[nom] for a in adjectives] + [nominative])
+        noun_phrase_genitive = " ".join([a[gen] for a in adjectives] + [genitive])
+        where = positions.get(position)
+        if variant == 0:
+            return f"{noun_phrase} {where}" if where else noun_phrase
+        if variant == 1:
+            return f"{picture_of} {noun_phrase_genitive}" + (f" {where}" if where else "")
+        return f"{where or in_the_picture} {drawn[gender]} {noun_phrase}"
+    return caption
+
+
+_ru = _east_slavic(RU_ADJECTIVE, RU_NOUN, RU_POSITION, RU_DRAWN, "изображение", "на картинке")
 
 
 # Arabic: the noun first, then its adjectives (colour nearest, then size: دائرة حمراء صغيرة), agreeing in gender;
@@ -425,9 +432,9 @@ def _it(colour, shape, size, position, variant):
     return [f"{noun_phrase}{where}", f"un'immagine di {noun_phrase}{where}", f"c'è {noun_phrase}{where}"][variant]
 
 
-# Ukrainian: like Russian, adjectives agree in gender and case. Columns: nominative masculine, feminine, neuter;
-# genitive masculine/neuter, feminine (after зображення, "a picture of"); синій is soft-stemmed (синя, синє, синього).
-# The participle agrees: намальований хрест, намальована зірка, намальоване коло.
+# Ukrainian: as Russian (_east_slavic), adjectives agree in gender and case. Columns: nominative masculine,
+# feminine, neuter; genitive masculine/neuter, feminine (after зображення, "a picture of"); синій is soft-stemmed
+# (синя, синє, синього). The participle agrees: намальований хрест, намальована зірка, намальоване коло.
 UK_ADJECTIVE = {
     "red": ("червоний", "червона", "червоне", "червоного", "червоної"),
     "orange": ("помаранчевий", "помаранчева", "помаранчеве", "помаранчевого", "помаранчевої"),
@@ -445,18 +452,7 @@ UK_POSITION = {"left": "ліворуч", "right": "праворуч", "top": "в
 UK_DRAWN = {"m": "намальований", "f": "намальована", "n": "намальоване"}
 
 
-def _uk(colour, shape, size, position, variant):
-    nominative, genitive, gender = UK_NOUN[shape]
-    nom, gen = {"m": 0, "f": 1, "n": 2}[gender], {"m": 3, "f": 4, "n": 3}[gender]
-    adjectives = [UK_ADJECTIVE[a] for a in (size, colour) if a]
-    noun_phrase = " ".join([a[nom] for a in adjectives] + [nominative])
-    noun_phrase_genitive = " ".join([a[gen] for a in adjectives] + [genitive])
-    where = UK_POSITION.get(position)
-    if variant == 0:
-        return f"{noun_phrase} {where}" if where else noun_phrase
-    if variant == 1:
-        return f"зображення {noun_phrase_genitive}" + (f" {where}" if where else "")
-    return f"{where or 'на малюнку'} {UK_DRAWN[gender]} {noun_phrase}"
+_uk = _east_slavic(UK_ADJECTIVE, UK_NOUN, UK_POSITION, UK_DRAWN, "зображення", "на малюнку")
 
 
 CAPTION = {"en": _en, "zh": _zh, "ja": _ja, "ko": _ko, "ru": _ru, "ar": _ar, "hi": _hi, "de": _de, "fr": _fr,
