@@ -448,7 +448,8 @@ def stage2_contrastive(model: AltCLIP, images, scenes, captions: Captions, stage
 def keep_freed_memory():
     """Let the large tensors one step frees be reused by the next. glibc hands every block over 32 MB back to the
     operating system when it is freed, so each training step faults fresh zeroed pages into its activations, a
-    cost bench/train_step.py measures. With the thresholds raised, freed blocks stay in the heap. The numbers computed are the same; only where the memory comes from changes. A no-op without glibc."""
+    cost bench/train_step.py measures. With the thresholds raised, freed blocks stay in the heap. The numbers
+    computed are the same; only where the memory comes from changes. A no-op without glibc."""
     try:
         libc = ctypes.CDLL("libc.so.6")
     except OSError:

@@ -244,7 +244,8 @@ def test_fatal_input_is_one_line_naming_the_file(tiny, data, tmp_path, capsys):
     (tmp_path / "empty.tsv").write_text("\n\n")
     (tmp_path / "unk.tsv").write_text("a red circle\tწითელი წრე\na blue star\tლურჯი ვარსკვლავი\n")
     for args, message in [
-            (["teach", "--model", tiny, "--pairs", tmp_path / "missing.tsv"], f"cannot read {tmp_path / 'missing.tsv'}"),
+            (["teach", "--model", tiny, "--pairs", tmp_path / "missing.tsv"],
+             f"cannot read {tmp_path / 'missing.tsv'}"),
             (["teach", "--model", tiny, "--pairs", tmp_path / "empty.tsv"], f"{tmp_path / 'empty.tsv'} is empty"),
             (["teach", "--model", tmp_path / "nothing", "--pairs", data / "pairs.tsv"], "--model"),
             (["teach", "--model", tiny, "--pairs", tmp_path / "unk.tsv"], "no good pair left")]:
