@@ -1,9 +1,9 @@
 """`train.py teach` and `train.py tune` ("make it yours"): each runs end to end on a tiny random checkpoint and on the
-committed mini model, and writes a checkpoint the reference (transformers.AltCLIPModel) loads with our logits; teach
-and tune train the text tower only (the image tower, both projections, the temperature and the word embeddings stay
-bit-identical); tune embeds each picture once; an interrupted run (SIGKILL) resumed with --resume ends bit for bit
-where an uninterrupted one does; two torchrun processes compute what one does; bad input is one line naming the file
-and line, and bad pairs are skipped and counted."""
+committed mini model, and writes a checkpoint that the reference (transformers.AltCLIPModel) loads with our logits
+and `python altclip.py --model` reads; teach and tune train the text tower only (the image tower, both projections,
+the temperature and the word embeddings stay bit-identical); tune embeds each picture once; an interrupted run
+(SIGKILL) resumed with --resume ends bit for bit where an uninterrupted one does; two torchrun processes compute what
+one does; bad input is one line naming the file and line, and bad pairs are skipped and counted."""
 import json
 import os
 import random
@@ -18,6 +18,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import cli
 import shapes
 import train
 from altclip import preprocess
@@ -109,6 +110,9 @@ def test_command_trains_the_text_tower_only_and_the_reference_loads_the_result(k
     assert report["settings"]["steps"] == 3 and len(report["loss"]) == 3
     assert set(report["before"]) == set(report["after"]) - {"known_side_cosine_to_the_original"}
     assert_reference_agrees(out)
+    picture = tmp_path / "shape.png"
+    shapes.render(shapes.sample_scene(random.Random(0))).save(picture)
+    assert cli.main([str(picture), "un cerchio rosso", "a blue star", "--model", str(out)]) == 0  # altclip.py
 
 
 def test_tune_embeds_each_picture_once_and_reuses_the_embeddings(tiny, data, tmp_path, monkeypatch):
