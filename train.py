@@ -960,34 +960,42 @@ def _embed_pictures(model: AltCLIP, paths: list[Path], cache: Path, device, warn
     import altclip
 
     distinct = list(dict.fromkeys(paths))
-    stamp = [(str(p), *(lambda s: (s.st_size, s.st_mtime_ns))(p.stat())) if p.exists() else (str(p), -1, -1)
-             for p in distinct]
-    tower = hashlib.sha256()
+    tower = hashlib.sha256()  # the cache holds for this image tower only
     for t in [*model.vision_model.state_dict().values(), model.visual_projection.weight]:
         tower.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
-    key = {"pictures": stamp, "tower": tower.hexdigest()}
-    if cache.exists():
-        kept = torch.load(cache, weights_only=True)
-        if kept.get("key") == json.dumps(key):
-            return kept["embeds"], [kept["index"][str(p)] for p in paths]
-    index, embeds, size = {}, [], model.config.vision.image_size
-    opened, first_line = [], {p: n for n, p in zip(lines, paths)}
-    for p in tqdm(distinct, desc="pictures", unit="img", file=sys.stderr, dynamic_ncols=True):
-        try:
-            opened.append((p, altclip.load_image(p)))
-        except altclip.ImageError as e:
-            warn("unopenable pictures", f"{data}:{first_line[p]}: {e}")
-            index[str(p)] = None
-        if len(opened) == batch or (p == distinct[-1] and opened):
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=False):
-                out = model.get_image_features(altclip.preprocess([im for _, im in opened], size).to(device))
-            for (q, _), e in zip(opened, out):
-                index[str(q)] = len(embeds)
-                embeds.append(e)
-            opened = []
-    embeds = torch.stack(embeds) if embeds else torch.empty(0, model.config.projection_dim, device=device)
-    atomic_save({"key": json.dumps(key), "embeds": embeds.cpu(), "index": index}, cache)
+    key = json.dumps({"pictures": [(str(p), *_file_stamp(p)) for p in distinct], "tower": tower.hexdigest()})
+    if cache.exists() and (kept := torch.load(cache, weights_only=True)).get("key") == key:
+        embeds, index, failed = kept["embeds"], kept["index"], kept["failed"]
+    else:
+        index, embeds, failed, opened = {}, [], {}, []
+        for p in tqdm(distinct, desc="pictures", unit="img", file=sys.stderr, dynamic_ncols=True):
+            try:
+                opened.append((p, altclip.load_image(p)))
+            except altclip.ImageError as e:
+                index[str(p)], failed[str(p)] = None, str(e)
+            if len(opened) == batch or (p == distinct[-1] and opened):
+                pixels = altclip.preprocess([im for _, im in opened], model.config.vision.image_size)
+                for (q, _), e in zip(opened, model.get_image_features(pixels.to(device))):
+                    index[str(q)] = len(embeds)
+                    embeds.append(e.cpu())
+                opened = []
+        embeds = torch.stack(embeds) if embeds else torch.empty(0, model.config.projection_dim)
+        atomic_save({"key": key, "embeds": embeds, "index": index, "failed": failed}, cache)
+    first_line = {}
+    for n, p in zip(lines, paths):
+        first_line.setdefault(str(p), n)
+    for p, message in failed.items():  # named again when the cache is reused: the pairs are skipped again
+        warn("unopenable pictures", f"{data}:{first_line[p]}: {message}")
     return embeds, [index[str(p)] for p in paths]
+
+
+def _file_stamp(path: Path) -> tuple[int, int]:
+    """(size, modification time) of a file, (-1, -1) if there is none: a changed picture is embedded again."""
+    try:
+        stat = path.stat()
+    except OSError:
+        return -1, -1
+    return stat.st_size, stat.st_mtime_ns
 
 
 def atomic_save(obj, path: Path):
@@ -1125,9 +1133,11 @@ def make_it_yours(args) -> dict:
 
     t0 = time.perf_counter()
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cuda":
+        if device.index is None:  # under torchrun, one GPU per process on each machine
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
     ranks = Ranks(device)
-    if device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     torch.set_num_threads(args.threads or max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", 1))))
     if ranks.size > 1 and (args.batch_size % ranks.size or args.anchors % ranks.size):
         raise InputError(f"--batch-size {args.batch_size} and --anchors {args.anchors} must be multiples of the "
