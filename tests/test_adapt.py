@@ -228,7 +228,11 @@ def test_two_torchrun_processes_equal_one(kind, tiny, data, tmp_path):
     source = parameters(tiny)
     assert any(not torch.equal(a[n], source[n]) for n in a)
     for name in a:
-        torch.testing.assert_close(b[name], a[name], atol=1e-5, rtol=0, msg=name)
+        x, y = a[name], b[name]
+        if name.endswith("attn.qkv.bias"):  # (3C,): q, k, v. The key bias shifts every score of a query alike, which
+            # softmax ignores: its gradient is rounding noise, which Adam scales up to the learning rate. Left out.
+            x, y = x.view(3, -1)[[0, 2]], y.view(3, -1)[[0, 2]]
+        torch.testing.assert_close(y, x, atol=1e-5, rtol=0, msg=name)
 
 
 # --- bad input ------------------------------------------------------------------------------------------------
