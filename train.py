@@ -1203,6 +1203,7 @@ def make_it_yours(args) -> dict:
     history, report["seconds_per_step"] = run_steps(objective, text, tokenizer, settings, ranks, args.out,
                                                     args.resume, args.save_every)
     report["peak_rss_gib"] = {"training": peak_rss_gib()}
+    text.teacher = objective = None  # done: freed before save_pretrained makes its copy of every tensor
     after = score()
     if args.command == "teach" and held:
         after["known_side_cosine_to_the_original"] = (
