@@ -722,7 +722,7 @@ def read_lines(path: Path) -> list[str]:
     return lines
 
 
-def tab_separated(path: Path, lines, first: int, what: str, warn: Warnings):
+def tab_separated(path: Path, lines, first: int, sides: tuple[str, str], warn: Warnings):
     """(line number, left, right) of each line that is `left<TAB>right` with both sides non-empty; the others are
     skipped with a warning naming the file and the line. Blank lines are skipped quietly."""
     for n, line in enumerate(lines, first):
@@ -730,9 +730,9 @@ def tab_separated(path: Path, lines, first: int, what: str, warn: Warnings):
             continue
         left, tab, right = line.partition("\t")
         if not tab:
-            warn("without a tab", f"{path}:{n}: no tab between {what}")
+            warn("without a tab", f"{path}:{n}: no tab between {sides[0]} and {sides[1]}")
         elif not left.strip() or not right.strip():
-            warn("with an empty side", f"{path}:{n}: {what.split(' and ')[0]} or {what.split(' and ')[1]} is empty")
+            warn("with an empty side", f"{path}:{n}: {sides[0]} or {sides[1]} is empty")
         else:
             yield n, left.strip(), right.strip()
 
@@ -750,7 +750,7 @@ def all_unknown(ids: list[int], tokenizer: Tokenizer) -> bool:
 
 def read_pairs(path: Path, tokenizer: Tokenizer, warn: Warnings):
     """teach's file: `known<TAB>translation` per line → (known ids, translation ids, line numbers)."""
-    rows = list(tab_separated(path, read_lines(path), 1, "the known sentence and its translation", warn))
+    rows = list(tab_separated(path, read_lines(path), 1, ("the known sentence", "its translation"), warn))
     known, translated = spelled(tokenizer, (r[1] for r in rows)), spelled(tokenizer, (r[2] for r in rows))
     keep = []
     for k, (n, a, b) in enumerate(rows):
@@ -773,7 +773,7 @@ def read_captions(path: Path, tokenizer: Tokenizer, warn: Warnings):
     if first == 1:
         print(f"train.py: warning: {path}:1: no header 'image<TAB>caption'; reading line 1 as a pair",
               file=sys.stderr)
-    rows = list(tab_separated(path, lines[first - 1:], first, "the picture and its caption", warn))
+    rows = list(tab_separated(path, lines[first - 1:], first, ("the picture", "its caption"), warn))
     ids = spelled(tokenizer, (r[2] for r in rows))
     keep = []
     for k, (n, _, caption) in enumerate(rows):
