@@ -57,7 +57,7 @@ from tqdm import tqdm  # noqa: E402
 
 import shapes  # noqa: E402
 from altclip import AltCLIP, AltCLIPConfig, TextConfig, VisionConfig, contrastive_loss, normalize_pixels  # noqa: E402
-from load_weights import CheckpointError, load_pretrained, save_pretrained  # noqa: E402
+from load_weights import CheckpointError, load_pretrained, resolve, save_pretrained  # noqa: E402
 from tokenizer import MODEL_FILE, TOKENIZER_FILES, Tokenizer, write_config  # noqa: E402
 
 # -----------------------------------------------------------------------------
@@ -1129,8 +1129,6 @@ def peak_rss_gib() -> float:
 
 def make_it_yours(args) -> dict:
     """`train.py teach` and `train.py tune`: read, check, train, save. Returns what out/adapt.json records."""
-    from load_weights import resolve
-
     t0 = time.perf_counter()
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type == "cuda":
