@@ -702,7 +702,11 @@ def preprocess(images, size: int = 224) -> torch.Tensor:
         x = np.array(image)  # (H, W, 3) uint8
         top, left = (x.shape[0] - size) // 2, (x.shape[1] - size) // 2
         crops.append(torch.from_numpy(x[top:top + size, left:left + size]).permute(2, 0, 1))  # (3, size, size)
-    x = torch.stack(crops).float() / 255  # (B, 3, size, size) in [0, 1]
+    return normalize_pixels(torch.stack(crops).float() / 255)  # (B, 3, size, size) from [0, 1]
+
+
+def normalize_pixels(x: torch.Tensor) -> torch.Tensor:
+    """(B, 3, H, W) pixels scaled to [0, 1] → minus CLIP's mean, divided by its std, per channel."""
     mean, std = torch.tensor(CLIP_MEAN).view(3, 1, 1), torch.tensor(CLIP_STD).view(3, 1, 1)
     return (x - mean) / std
 

@@ -11,8 +11,9 @@ from pathlib import Path
 
 # Weight formats in order of preference: safetensors can be memory-mapped tensor by tensor.
 WEIGHT_FILES = ["model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json"]
-EXTRA_FILES = ["sentencepiece.bpe.model", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-               "preprocessor_config.json"]
+# The tokenizer's files, the sentencepiece model first; the JSON files beside it carry its length limit and specials.
+TOKENIZER_FILES = ("sentencepiece.bpe.model", "tokenizer_config.json", "special_tokens_map.json")
+EXTRA_FILES = [*TOKENIZER_FILES, "tokenizer.json", "preprocessor_config.json"]
 
 
 def shard_names(index: Path) -> list[str]:

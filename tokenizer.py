@@ -48,7 +48,9 @@ import regex  # grapheme clusters (\X), which the standard library's `re` lacks
 import sentencepiece
 import torch
 
-MODEL_FILE = "sentencepiece.bpe.model"
+from checkpoint_files import TOKENIZER_FILES, cache_first, hub_file  # one resolver for weights and tokenizer
+
+MODEL_FILE = TOKENIZER_FILES[0]  # what write_config writes beside it are the others
 SPECIALS = ["<s>", "<pad>", "</s>", "<unk>"]  # fairseq ids 0-3; <mask> comes after the pieces
 UNKNOWN = 3  # the id of a character that no piece covers, whatever the file's layout
 WHITESPACE = re.compile("[\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]+")  # White_Space
@@ -546,9 +548,7 @@ def message_field(number, payload):
 
 
 def download(repo_id, filename):
-    """A file of a hub repo, through huggingface_hub's cache (looked at first), with load_weights' clear errors."""
-    from checkpoint_files import cache_first, hub_file  # one resolver for weights and tokenizer
-
+    """A file of a hub repo, through huggingface_hub's cache (looked at first), with checkpoint_files' clear errors."""
     path = cache_first(repo_id, lambda local_only: hub_file(repo_id, filename, local_only))
     if path is None:
         raise FileNotFoundError(f"{repo_id} has no {filename} on the Hugging Face Hub")

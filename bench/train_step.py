@@ -29,8 +29,8 @@ def one(keep: bool, steps: int):
         train.keep_freed_memory()
     torch.manual_seed(0)
     recipe = train.Recipe()
-    teacher = train.new_teacher(recipe, 1000)
-    images = train.render([shapes.sample_scene(random.Random(k)) for k in range(256)], recipe.image_size)
+    teacher = train.new_teacher(recipe.towers, 1000)
+    images = train.render([shapes.sample_scene(random.Random(k)) for k in range(256)], recipe.towers.image_size)
     opt = torch.optim.AdamW(teacher.parameters(), lr=1e-3)
     stat = Path(f"/proc/{os.getpid()}/stat")
 
@@ -39,7 +39,7 @@ def one(keep: bool, steps: int):
     for step in range(steps + 2):  # two warm-up steps
         if step == 2:
             t0, f0 = time.perf_counter(), faults()
-        batch = torch.randint(0, len(images), (recipe.batch0,))
+        batch = torch.randint(0, len(images), (recipe.stage0.batch,))
         image = teacher.visual_projection(teacher.vision_model(train.pixel_values(images[batch])).pooler_output)
         loss = image.pow(2).mean()  # a stand-in loss: the step's cost is the image tower's forward and backward
         opt.zero_grad()

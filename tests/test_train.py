@@ -4,7 +4,7 @@ bit-identical, the whole recipe runs end to end (and twice the same), and the co
 reproduces its committed scores."""
 import json
 import random
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import pytest
@@ -18,7 +18,7 @@ from tokenizer import Tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 MINI = ROOT / "examples" / "mini-altclip"
-TINY = replace(train.SMOKE, steps0=2, steps1=2, steps2=2)
+TINY = train.SMOKE.with_steps(2, 2, 2)
 
 
 # --- the losses, each written out by hand -------------------------------------------------------------------
@@ -34,7 +34,7 @@ def test_contrastive_loss_is_symmetric_cross_entropy():
     text_to_image = -torch.stack([logits[k].log_softmax(0)[k] for k in range(5)]).mean()
     image_to_text = -torch.stack([logits[:, k].log_softmax(0)[k] for k in range(5)]).mean()
     expected = (text_to_image + image_to_text) / 2
-    torch.testing.assert_close(train.contrastive_loss(text, image, scale), expected, atol=1e-6, rtol=0)
+    torch.testing.assert_close(train.clip_loss(text, image, scale), expected, atol=1e-6, rtol=0)
 
 
 def test_teacher_learning_loss_is_mean_squared_error():
@@ -52,9 +52,9 @@ def world(tmp_path_factory):
     """A tiny teacher, a tokenizer trained on this world's captions, a few images."""
     rng = random.Random(0)
     corpus = [t for s in train.training_scenes(100, rng) for t in shapes.captions(s, rng).values()]
-    tokenizer = train.train_tokenizer(corpus, tmp_path_factory.mktemp("tok"), 300, TINY.max_positions - 2)
+    tokenizer = train.train_tokenizer(corpus, tmp_path_factory.mktemp("tok"), 300, TINY.towers.max_positions - 2)
     scenes = train.training_scenes(24, rng)
-    return tokenizer, train.Captions(tokenizer), scenes, train.render(scenes, TINY.image_size)
+    return tokenizer, train.Captions(tokenizer), scenes, train.render(scenes, TINY.towers.image_size)
 
 
 def snapshot(module):
@@ -74,12 +74,12 @@ def with_grad(model):
 def test_each_stage_trains_exactly_its_parameters(world):
     tokenizer, captions, scenes, images = world
     torch.manual_seed(0)
-    teacher = train.new_teacher(TINY, tokenizer.vocab_size)
+    teacher = train.new_teacher(TINY.towers, tokenizer.vocab_size)
     everything = {n for n, _ in teacher.named_parameters()}
 
     # Stage 0: nothing is frozen; both towers, both projections and the temperature learn.
     before = snapshot(teacher)
-    train.stage0_clip(teacher, images, scenes, captions, TINY, random.Random(1))
+    train.stage0_clip(teacher, images, scenes, captions, TINY.stage0, random.Random(1))
     assert with_grad(teacher) == everything
     assert all(not torch.equal(before[n], p) for n, p in teacher.named_parameters())
 
@@ -91,7 +91,7 @@ def test_each_stage_trains_exactly_its_parameters(world):
     image_side = {n: p.detach().clone() for n, p in model.named_parameters() if not n.startswith("text_model.")}
     for name, p in image_side.items():
         assert torch.equal(p, dict(teacher.named_parameters())[name]), name  # copied from the teacher
-    train.stage1_teacher_learning(model, teacher, captions, TINY, random.Random(2))
+    train.stage1_teacher_learning(model, teacher, captions, TINY.stage1, random.Random(2))
     text_tower = {n for n in everything | set(dict(model.named_parameters())) if n.startswith("text_model.")}
     assert with_grad(model) == text_tower
     assert with_grad(teacher) == set()
@@ -104,7 +104,7 @@ def test_each_stage_trains_exactly_its_parameters(world):
     for p in model.parameters():
         p.grad = None
     text_before = snapshot(model.text_model)
-    train.stage2_contrastive(model, images, scenes, captions, TINY, random.Random(3))
+    train.stage2_contrastive(model, images, scenes, captions, TINY.stage2, random.Random(3))
     assert with_grad(model) == text_tower
     for name, p in model.named_parameters():
         if not name.startswith("text_model."):
@@ -114,7 +114,7 @@ def test_each_stage_trains_exactly_its_parameters(world):
 
 def test_student_is_its_own_width_and_lands_in_the_teacher_text_space(world):
     tokenizer, *_ = world
-    teacher = train.new_teacher(TINY, tokenizer.vocab_size)
+    teacher = train.new_teacher(TINY.towers, tokenizer.vocab_size)
     model = train.new_student(TINY, teacher)
     assert model.config.text.hidden_size == TINY.student_width != teacher.config.text.hidden_size
     assert model.config.text.project_dim == teacher.config.text.project_dim  # text_projection is shared
@@ -181,9 +181,18 @@ def test_teacher_cache_is_reused_only_for_the_same_stage_0(tmp_path):
     stage 0 reads (here the number of heads, or the weight decay) trains a new one."""
     train.train(tmp_path / "a", TINY, teacher_cache=tmp_path / "cache")
     spm = tmp_path / "a" / "sentencepiece.bpe.model"
-    assert train._cached_teacher(tmp_path / "cache", replace(TINY, steps2=5, lr1=0.5), 0, spm) is not None
-    for changed in (replace(TINY, heads=1), replace(TINY, weight_decay=0.0)):
+    later = replace(TINY, stage2=replace(TINY.stage2, steps=5), stage1=replace(TINY.stage1, lr=0.5))
+    assert train._cached_teacher(tmp_path / "cache", later, 0, spm) is not None
+    for changed in (replace(TINY, towers=replace(TINY.towers, heads=1)),
+                    replace(TINY, stage0=replace(TINY.stage0, weight_decay=0.0))):
         assert train._cached_teacher(tmp_path / "cache", changed, 0, spm) is None
+
+
+def test_recipe_reads_its_own_layout_and_the_committed_flat_one():
+    """Recipe.from_dict inverts asdict, and reads results.json of the committed run (flat `steps0`, `lr1`, …): that
+    run used the default recipe."""
+    assert train.Recipe.from_dict(json.loads(json.dumps(asdict(TINY)))) == TINY
+    assert train.Recipe.from_dict(json.loads((MINI / "results.json").read_text())["recipe"]) == train.Recipe()
 
 
 def test_bad_arguments_are_one_line(tmp_path, capsys):
