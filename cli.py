@@ -662,7 +662,7 @@ def text_model(args, loaded: tuple | None):
     return loaded if loaded is not None else load_model(args, 0)
 
 
-def compose_query(args, indexed: Indexed) -> torch.Tensor:
+def compose_query(args, indexed: Indexed, dim: int) -> torch.Tensor:
     """The query: Σ weight · unit-length embedding over the --search and --like terms, minus the same over the --not
     terms, as a (P,) float32 vector. The texts are embedded as one batch, in the --template if there is one."""
     texts = [t for t in args.terms if t.kind != "image"]
@@ -671,7 +671,7 @@ def compose_query(args, indexed: Indexed) -> torch.Tensor:
         model, tokenizer = text_model(args, indexed.model)
         prompts = [args.template.replace("{}", t.value) if args.template else t.value for t in texts]
         units = dict(zip(texts, embed_texts(model, tokenizer, prompts).float().cpu()))
-    query = torch.zeros(next(iter(indexed.vectors.values())).shape, dtype=torch.float32)
+    query = torch.zeros(dim)
     for t in args.terms:
         unit = units[t] if t.kind != "image" else \
             F.normalize(torch.from_numpy(np.array(indexed.vectors[os.path.abspath(t.value)])), dim=-1)
@@ -698,7 +698,7 @@ def search(args) -> int:
             db.forget_missing(os.path.abspath(args.image), args.recursive, set(where.values()))
         if any(p not in indexed.vectors for p in likes):
             return 1  # a query image could not be read after all; embed_images named it
-        query = compose_query(args, indexed)
+        query = compose_query(args, indexed, dim)
         results = rank(args, query, [(p, where[p]) for p in paths if where[p] in indexed.vectors
                                      and not any(same_file(where[p], q) for q in likes)], indexed.vectors)
         if args.verbose:

@@ -609,6 +609,14 @@ def test_terms_that_cancel_out_are_one_line(capsys, model_dir, tmp_path):
     assert err == "altclip.py: error: the query has no direction left: --search '2:a cat' --not '2:a cat' cancel out"
 
 
+def test_folder_of_unreadable_images_ranks_nothing(capsys, model_dir, folder, tmp_path):
+    for name in GOOD:
+        os.remove(folder / name)
+    code, out, err = run(capsys, folder, "--search", "a cat", "--not", "a dog", "--model", model_dir, "--index",
+                         tmp_path / "i")
+    assert (code, out, err) == (1, "", bad_line(folder / "bad.jpg") + "\n")
+
+
 def test_paths_output_is_the_ranking(capsys, model_dir, folder, tmp_path):
     db = tmp_path / "i.sqlite"
     _, result, _ = search(capsys, model_dir, db, folder, "--search", "a cat", "--not", "a dog")
@@ -879,42 +887,45 @@ def test_real_heic_file(capsys, model_dir, api, tmp_path):
 def test_decode_ahead_is_in_order_bounded_and_threaded():
     import threading
     import time as clock
-    started, consumed, seen_ahead, threads = [], [0], [], set()
+    finished, consumed, waiting, threads = [], [0], [], set()
 
-    def slow_decode(path, size):
-        started.append(path)
-        seen_ahead.append(len(started) - consumed[0])
+    def decode(path, size):  # faster than the caller: without a bound, decoded images would pile up
         threads.add(threading.current_thread().name)
-        clock.sleep(0.001 * (hash(path) % 3))  # out-of-order finishing
+        clock.sleep(0.0005 * (path % 3))  # out-of-order finishing
+        finished.append(path)
         if path % 7 == 3:
             raise altclip.ImageError(f"cannot open image '{path}': broken")
         return torch.full((1, 3, 2, 2), float(path))
 
     paths = list(range(200))
-    for k, (path, pixels, message) in enumerate(cli.decode_ahead(paths, 2, workers=3, ahead=8, decoder=slow_decode)):
+    for k, (path, pixels, message) in enumerate(cli.decode_ahead(paths, 2, workers=3, ahead=8, decoder=decode)):
         assert path == k  # in the order given
         assert (pixels is None) == (k % 7 == 3) and (message is None) != (pixels is None)
         assert pixels is None or pixels[0, 0, 0, 0].item() == k
+        clock.sleep(0.002)  # a slow model
+        waiting.append(len(finished) - consumed[0])
         consumed[0] += 1
-    assert max(seen_ahead) <= 9  # never more than `ahead` beyond the one the caller holds
+    assert max(waiting) <= 9  # never more than `ahead` decoded beyond the one the caller holds
+    assert max(waiting) >= 5  # (and they did run ahead)
     assert threading.current_thread().name not in threads and len(threads) > 1
     # Stopped early (Ctrl-C): the queued decodes are dropped.
-    started.clear()
-    consumed[0] = 0
-    gen = cli.decode_ahead(list(range(1000)), 2, workers=2, ahead=8, decoder=slow_decode)
+    finished.clear()
+    gen = cli.decode_ahead(list(range(1000)), 2, workers=2, ahead=8, decoder=decode)
     for _ in range(3):
         next(gen)
     gen.close()
     clock.sleep(0.1)
-    assert len(started) <= 3 + 8 + 2
+    assert len(finished) <= 3 + 8 + 2
 
 
 def test_decoded_pixels_are_preprocess_exactly(folder, tmp_path):
     from test_preprocess import jpeg_with_orientation
 
-    rotated = tmp_path / "rotated.jpg"
-    jpeg_with_orientation(rotated, np.random.default_rng(5).integers(0, 256, (50, 70, 3), dtype=np.uint8), 6)
-    paths = [str(folder / n) for n in GOOD] + [str(rotated)]
+    # Large enough (≥ 2 × 224 on each side) that a JPEG decoder's shortcut (decoding at 1/2 or 1/4 scale) would apply.
+    rotated, big = tmp_path / "rotated.jpg", tmp_path / "big.jpg"
+    jpeg_with_orientation(rotated, np.random.default_rng(5).integers(0, 256, (500, 700, 3), dtype=np.uint8), 6)
+    Image.open(CAT).resize((1200, 800), Image.BICUBIC).save(big, quality=90)
+    paths = [str(folder / n) for n in GOOD] + [str(rotated), str(big)]
     decoded = list(cli.decode_ahead(paths, 224, workers=4, ahead=3))
     assert [p for p, _, _ in decoded] == paths
     for path, pixels, _ in decoded:
