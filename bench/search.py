@@ -245,34 +245,44 @@ def decode_main(args):
             for _ in cli.embed_images(model, paths, args.batch_size, False):
                 pass
 
-        runs = {(how, name): [] for how in ("decode ahead", "same thread") for name in listing}
+        hows = {"decode ahead": pipelined, "same thread": lambda paths: embed_serially(model, paths, args.batch_size)}
+        wall = {(how, name): [] for how in hows for name in listing}
+        cpu = {key: [] for key in wall}
+        ratios = {how: [] for how in hows}  # camera / 224 px, the two runs of one pair next to each other in time
         peaks = []
-        for r in range(args.repeats):  # alternating, so that the machine's other load falls on all alike
-            for how, name in runs:
-                with PeakRSS() as rss:
-                    start = time.perf_counter()
-                    (pipelined if how == "decode ahead" else
-                     lambda paths: embed_serially(model, paths, args.batch_size))(listing[name])
-                    runs[how, name].append(time.perf_counter() - start)
-                if (how, name) == ("decode ahead", "camera"):
-                    peaks.append(rss.mib)
-            print(f"repeat {r + 1}: " + ", ".join(f"{how} {name} {runs[how, name][-1]:.1f} s" for how, name in runs))
+        for r in range(args.repeats):
+            # Each pair back to back, in alternating order: the machine's other load changes slowly, so it falls on
+            # both runs of a pair alike.
+            for how, embed in hows.items():
+                for name in (("camera", "224") if r % 2 == 0 else ("224", "camera")):
+                    with PeakRSS() as rss:
+                        start, start_cpu = time.perf_counter(), time.process_time()  # process: every thread
+                        embed(listing[name])
+                        wall[how, name].append(time.perf_counter() - start)
+                        cpu[how, name].append(time.process_time() - start_cpu)
+                    if (how, name) == ("decode ahead", "camera"):
+                        peaks.append(rss.mib)
+                ratios[how].append(wall[how, "camera"][-1] / wall[how, "224"][-1])
+            print(f"repeat {r + 1}: " + ", ".join(f"{how} {name} {wall[how, name][-1]:.1f} s" for how, name in wall)
+                  + f"; load average {os.getloadavg()[0]:.1f}", flush=True)
         flat = []
         with PeakRSS() as rss:  # memory stays flat however many images: the queue is bounded
             paths = [listing["224"][k % len(listing["224"])] for k in range(args.flat)]
             for k, _ in enumerate(cli.decode_ahead(paths, 224, ahead=cli.DECODE_AHEAD * args.batch_size)):
                 if k + 1 in (1000, args.flat):
                     flat.append(rss.mib)
-    med = {key: statistics.median(v) for key, v in runs.items()}
+    med = {key: statistics.median(v) for key, v in wall.items()}
     print(f"load average at end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     print()
     print(f"| {args.images} images, embedded (batch {args.batch_size}), median of {args.repeats} | camera JPEGs s | "
-          f"224 px s | camera / 224 px |")
-    print("|---|---:|---:|---:|")
-    for how in ("decode ahead", "same thread"):
-        ratio = med[how, "camera"] / med[how, "224"]
+          f"224 px s | camera / 224 px (median of pairs) | CPU s per image, camera / 224 px |")
+    print("|---|---:|---:|---:|---:|")
+    for how in hows:
+        ratio = statistics.median(ratios[how])
         goal = f" (goal ≤ {DECODE_GOAL}×: {'met' if ratio <= DECODE_GOAL else 'NOT met'})" if how == "decode ahead" else ""
-        print(f"| {how} | {med[how, 'camera']:.1f} | {med[how, '224']:.1f} | {ratio:.2f}×{goal} |")
+        per_image = [statistics.median(cpu[how, name]) / args.images for name in ("camera", "224")]
+        print(f"| {how} | {med[how, 'camera']:.1f} | {med[how, '224']:.1f} | {ratio:.2f}×{goal} | "
+              f"{per_image[0]:.2f} / {per_image[1]:.2f} |")
     print(f"\npeak memory above the loaded model while embedding the camera JPEGs: {max(peaks):.0f} MiB")
     print(f"decoding ahead over {args.flat} paths (the 224 px files, cycled; no model): peak memory above the start "
           f"after 1,000 {flat[0]:.0f} MiB, after {args.flat} {flat[1]:.0f} MiB")
