@@ -14,18 +14,34 @@ References:
 
 The modules below follow the data: configs → shared layers (LayerNorm, attention, MLP) → the image tower
 (patches → pre-LN blocks) → the text tower (RoBERTa embeddings → post-LN blocks) → the two-tower model with its
-projections and contrastive loss. Weights are mapped onto these modules by name in load_weights.py. Then comes the
-image preprocessing (CLIP's recipe, as the reference applies it). The command line (zero-shot classification and
-image search) is cli.py, run from here:
+projections and contrastive loss → each tower alone. Weights are mapped onto these modules by name in
+load_weights.py. Then comes the image preprocessing (CLIP's recipe, as the reference applies it) and the processor
+that puts it beside the tokenizer (tokenizer.py). The classes have the documentation page's names, so its example
+runs with one line changed:
+
+    from altclip import AltCLIPModel, AltCLIPProcessor
+    model = AltCLIPModel.from_pretrained("BAAI/AltCLIP")
+    processor = AltCLIPProcessor.from_pretrained("BAAI/AltCLIP")
+    inputs = processor(text=["a photo of a cat", "a photo of a dog"], images=image, return_tensors="pt", padding=True)
+    probs = model(**inputs).logits_per_image.softmax(dim=1)
+
+The command line (zero-shot classification and image search) is cli.py, run from here:
 
     python altclip.py examples/cat.jpg "a cat" "a dog" "a cup of coffee"     (python altclip.py --help for more)
 """
 from __future__ import annotations
 
+if __name__ == "__main__":  # `python altclip.py …` is the command line, cli.py, which imports this file as `altclip`:
+    import sys              # hand over before anything is defined here, so the file does not run twice
+
+    import cli
+
+    sys.exit(cli.main())
+
 import math
 import os
 import sys
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 
 import numpy as np
 import torch
@@ -38,7 +54,7 @@ from PIL import Image, ImageOps
 
 
 @dataclass
-class VisionConfig:
+class AltCLIPVisionConfig:
     image_size: int = 224
     patch_size: int = 14
     num_channels: int = 3
@@ -48,10 +64,11 @@ class VisionConfig:
     num_attention_heads: int = 16
     hidden_act: str = "quick_gelu"
     layer_norm_eps: float = 1e-5
+    projection_dim: int = 768  # kept for the reference's keyword; the model's projection width is AltCLIPConfig's
 
 
 @dataclass
-class TextConfig:
+class AltCLIPTextConfig:
     vocab_size: int = 250002
     hidden_size: int = 1024
     intermediate_size: int = 4096
@@ -65,18 +82,54 @@ class TextConfig:
     project_dim: int = 768  # width of the "transformation" output (CLIP's text width)
 
 
-@dataclass
+VisionConfig, TextConfig = AltCLIPVisionConfig, AltCLIPTextConfig  # the names this project used first
+
+
+@dataclass(init=False)
 class AltCLIPConfig:
-    text: TextConfig = field(default_factory=TextConfig)
-    vision: VisionConfig = field(default_factory=VisionConfig)
+    """Both towers' configs and the shared projection. Takes the reference's keywords (`text_config=`,
+    `vision_config=`: a dict of the sub-config's fields or the sub-config itself) or ours (`text=`, `vision=`)."""
+    text: AltCLIPTextConfig
+    vision: AltCLIPVisionConfig
     projection_dim: int = 768
     logit_scale_init_value: float = 2.6592  # ln(1/0.07)
+
+    def __init__(self, *, text_config=None, vision_config=None, projection_dim: int = 768,
+                 logit_scale_init_value: float = 2.6592, text=None, vision=None):
+        if (text is not None and text_config is not None) or (vision is not None and vision_config is not None):
+            raise TypeError("AltCLIPConfig takes text_config= or text=, vision_config= or vision=, not both")
+        self.text = _as_config(AltCLIPTextConfig, text if text is not None else text_config)
+        self.vision = _as_config(AltCLIPVisionConfig, vision if vision is not None else vision_config)
+        self.projection_dim, self.logit_scale_init_value = projection_dim, logit_scale_init_value
+
+    @classmethod
+    def from_text_vision_configs(cls, text_config, vision_config, **kwargs):
+        """The documentation page's constructor: AltCLIPConfig from a text and a vision config (or their dicts)."""
+        return cls(text_config=text_config, vision_config=vision_config, **kwargs)
+
+    @property
+    def text_config(self) -> AltCLIPTextConfig:  # the reference's attribute names
+        return self.text
+
+    @property
+    def vision_config(self) -> AltCLIPVisionConfig:
+        return self.vision
+
+
+def _as_config(cls, value):
+    if value is None:
+        return cls()
+    if isinstance(value, dict):
+        return cls(**value)  # an unknown field is a TypeError that names it
+    if not isinstance(value, cls):
+        raise TypeError(f"expected a {cls.__name__} or a dict of its fields, got {type(value).__name__}")
+    return value
 
 
 # When config.json leaves a field out, the reference fills it from its own class defaults. Its text defaults are
 # XLM-R large (ours too); its vision defaults are ViT-B/32, so a missing vision field means a ViT-B/32 value.
 _REFERENCE_VISION_DEFAULTS = dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
-                                  num_attention_heads=12, patch_size=32)
+                                  num_attention_heads=12, patch_size=32, projection_dim=512)
 
 
 def _sub_config(cls, values: dict, reference_defaults: dict):
@@ -413,6 +466,14 @@ class AltCLIP(nn.Module):
         self.visual_projection = nn.Linear(config.vision.hidden_size, config.projection_dim, bias=False)
         self.logit_scale = nn.Parameter(torch.tensor(config.logit_scale_init_value))
 
+    @classmethod
+    def from_pretrained(cls, source="BAAI/AltCLIP", **kwargs) -> "AltCLIP":
+        """A checkpoint folder or hub repo id → the model, in eval mode. Keywords (dtype, device, kernels, onednn) as
+        load_weights.load_pretrained takes them."""
+        import load_weights  # the loader reads files and builds from this file's classes: imported when used
+
+        return load_weights.load_pretrained(source, **kwargs)
+
     def use_kernels(self, on: bool = True):
         """Run attention and LayerNorm with the Triton kernels of altclip_kernels/ (on=True) or with torch (on=False).
 
@@ -423,11 +484,8 @@ class AltCLIP(nn.Module):
         if on:
             import altclip_kernels  # imported only when asked for: the model itself needs no Triton
 
-            ok, why = altclip_kernels.available()
-            if not ok:
-                raise RuntimeError(f"the Triton kernels cannot run here: {why}")
-            if (why := altclip_kernels.unsupported_shapes(self.config)) is not None:
-                raise RuntimeError(f"the Triton kernels cannot run this model: {why}")
+            if (why := altclip_kernels.refusal(self.config)) is not None:
+                raise RuntimeError(why)
             fast = altclip_kernels
         for m in self.modules():
             if isinstance(m, (Attention, LayerNorm)):
@@ -488,6 +546,94 @@ class AltCLIP(nn.Module):
             logits_per_image=logits_per_text.t(), logits_per_text=logits_per_text,
             text_embeds=text_embeds, image_embeds=image_embeds,
             text_model_output=text, vision_model_output=vision)
+
+
+AltCLIPModel = AltCLIP  # the documentation page's name
+
+
+# -----------------------------------------------------------------------------
+# Each tower on its own, as the documentation page has them (AltDiffusion-style models condition on the text tower's
+# projected sequence). Their parameter names are the two-tower model's, so a full checkpoint loads into either.
+
+
+class _Tower(nn.Module):
+    parts = ()  # the two-tower model's attributes this model has: its parameters' prefixes in a full checkpoint
+
+    @classmethod
+    def from_pretrained(cls, source="BAAI/AltCLIP", *, dtype: torch.dtype = torch.float32, device="cpu"):
+        """This tower of a full AltCLIP checkpoint (folder or hub repo id), in eval mode. Only its own tensors are
+        read; the other tower's are never mapped. A tensor of the tower missing from the checkpoint is an error."""
+        import load_weights  # the loader reads files and knows no model class: imported when used
+
+        load_weights.warn_if_emulated(dtype, device)
+        folder, weights = load_weights.resolve(source)
+        config = cls.sub_config(load_weights.load_config(folder))
+        with torch.device("meta"):  # shapes only: no memory and no random initialisation
+            model = cls(config)
+        model.load_state_dict(load_weights.state_dict(weights, model, dtype, device,
+                                                      part=tuple(p + "." for p in cls.parts)),
+                              strict=True, assign=True)
+        return model.eval()
+
+    @property
+    def path(self) -> str:
+        return "torch"  # a tower alone runs the readable path (no Triton kernels, no oneDNN packing)
+
+    @property
+    def dtype(self):
+        return next(self.parameters()).dtype
+
+    @property
+    def device(self):
+        return next(self.parameters()).device
+
+
+class AltCLIPTextModel(_Tower):
+    """The text tower alone: XLM-R, then pre_LN + transformation. `last_hidden_state` is the projected sequence,
+    (B, L, project_dim); `pooler_output` its <s> row (what AltCLIPModel feeds to text_projection)."""
+    parts = ("text_model",)
+    sub_config = staticmethod(lambda config: config.text)
+
+    def __init__(self, config: AltCLIPTextConfig | None = None):
+        super().__init__()
+        self.config = config = config or AltCLIPTextConfig()
+        self.text_model = TextTower(config)
+
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None,
+                output_hidden_states=False, output_attentions=False) -> TowerOutput:
+        return self.text_model(input_ids, attention_mask, token_type_ids, position_ids, output_hidden_states,
+                               output_attentions)
+
+
+class AltCLIPVisionModel(_Tower):
+    """The image tower alone: CLIP's ViT. `last_hidden_state` is (B, 1 + patches, hidden), not normalised;
+    `pooler_output` the class token after post-LayerNorm (what AltCLIPModel feeds to visual_projection)."""
+    parts = ("vision_model",)
+    sub_config = staticmethod(lambda config: config.vision)
+
+    def __init__(self, config: AltCLIPVisionConfig | None = None):
+        super().__init__()
+        self.config = config = config or AltCLIPVisionConfig()
+        self.vision_model = VisionTower(config)
+
+    def forward(self, pixel_values, interpolate_pos_encoding=False, output_hidden_states=False,
+                output_attentions=False) -> TowerOutput:
+        return self.vision_model(pixel_values, interpolate_pos_encoding, output_hidden_states, output_attentions)
+
+
+class AltCLIPTextModelWithProjection(AltCLIPTextModel):
+    """The text tower and text_projection, without the image tower: `get_text_features` as AltCLIPModel has it, for
+    work that needs text embeddings only (a search whose images are all indexed). Not on the page; CLIP has one."""
+    parts = ("text_model", "text_projection")
+    sub_config = staticmethod(lambda config: config)
+
+    def __init__(self, config: AltCLIPConfig | None = None):
+        config = config or AltCLIPConfig()
+        super().__init__(config.text)
+        self.config = config
+        self.text_projection = nn.Linear(config.text.project_dim, config.projection_dim, bias=False)
+
+    get_text_features = AltCLIP.get_text_features
 
 
 # -----------------------------------------------------------------------------
@@ -561,7 +707,187 @@ def preprocess(images, size: int = 224) -> torch.Tensor:
     return (x - mean) / std
 
 
-if __name__ == "__main__":
-    import cli  # the command line stands on top of this file (cli.py)
+# -----------------------------------------------------------------------------
+# The processor: tokenizer (tokenizer.py) and image preprocessing (above) behind the reference's one call.
 
-    sys.exit(cli.main())
+
+class BatchFeature(dict):
+    """What the processor returns: a dict, so `model(**inputs)` takes it, whose keys also read as attributes."""
+
+    def __getattr__(self, name):
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(f"no {name!r} here; the keys are {list(self)}") from None
+
+    def to(self, device=None, dtype=None):
+        """Every tensor to `device`; floating-point ones (pixel_values) also to `dtype`, never the token ids."""
+        return BatchFeature({k: v.to(device, dtype if v.is_floating_point() else None) if torch.is_tensor(v) else v
+                             for k, v in self.items()})
+
+
+class CLIPImageProcessor:
+    """The image side of AltCLIPProcessor: `preprocess` with the size a checkpoint's preprocessor_config.json names.
+    Only CLIP's recipe is supported (shortest edge resized to the crop size, bicubic, CLIP's mean and std): a
+    config asking for anything else is refused by name rather than silently processed another way."""
+
+    def __init__(self, size: int = 224):
+        self.size = size
+
+    @classmethod
+    def from_config(cls, d: dict) -> "CLIPImageProcessor":
+        def side(value, key):  # {"shortest_edge": 224} or {"height": 224, "width": 224} or 224
+            if isinstance(value, dict):
+                sides = {value[k] for k in key if k in value}
+                return sides.pop() if len(sides) == 1 else None
+            return value
+        size = side(d.get("size", 224), ["shortest_edge", "height", "width"])
+        crop = side(d.get("crop_size", size), ["height", "width"])
+        recipe = {"resample": 3, "image_mean": list(CLIP_MEAN), "image_std": list(CLIP_STD)}
+        odd = {k: d[k] for k, v in recipe.items() if k in d and d[k] != v}
+        if size is None or size != crop or odd or not d.get("do_center_crop", True):
+            raise ValueError(f"preprocessor_config.json asks for size {d.get('size')}, crop_size "
+                             f"{d.get('crop_size')}{', ' + str(odd) if odd else ''}: only CLIP's recipe (resize the "
+                             f"shortest edge to the crop size, bicubic, CLIP's mean and std) is supported")
+        return cls(int(size))
+
+    def __call__(self, images, return_tensors=None) -> BatchFeature:
+        return BatchFeature(pixel_values=_as_tensors(preprocess(_as_images(images), self.size), return_tensors))
+
+    def __repr__(self):
+        return f"CLIPImageProcessor(size={self.size})"
+
+
+class AltCLIPProcessor:
+    """XLM-R's tokenizer and CLIP's image preprocessing in one call, as the reference's AltCLIPProcessor:
+
+        processor = AltCLIPProcessor.from_pretrained("BAAI/AltCLIP")
+        inputs = processor(text=["a photo of a cat"], images=image, return_tensors="pt", padding=True)
+        model(**inputs)        # input_ids, attention_mask, pixel_values
+    """
+
+    def __init__(self, image_processor: CLIPImageProcessor, tokenizer):
+        self.image_processor, self.tokenizer = image_processor, tokenizer
+
+    @classmethod
+    def from_pretrained(cls, source="BAAI/AltCLIP") -> "AltCLIPProcessor":
+        """From a checkpoint folder or hub repo id: sentencepiece.bpe.model (tokenizer.json is not needed) and, if
+        there is one, preprocessor_config.json (CLIP's 224 px otherwise)."""
+        import json
+        from pathlib import Path
+
+        from tokenizer import Tokenizer, download  # tokenizer.py stands beside this file; imported when used
+
+        folder = Path(source)
+        if folder.is_dir():
+            config = folder / "preprocessor_config.json"
+            config = config if config.is_file() else None
+        else:
+            try:
+                config = download(str(source), "preprocessor_config.json")
+            except FileNotFoundError:
+                config = None
+        image_processor = CLIPImageProcessor.from_config(json.loads(config.read_text()) if config else {})
+        return cls(image_processor, Tokenizer.from_pretrained(source))
+
+    def __call__(self, images=None, text=None, *, return_tensors=None, padding=False, truncation=None,
+                 max_length=None) -> BatchFeature:
+        """Token ids and attention mask of `text` (a string or a list of them) and pixel values of `images` (a PIL
+        image, a path, an (H, W, 3) uint8 array, or a list of them), either or both.
+
+        padding: False (each text its own length), True / "longest", or "max_length". truncation: True or False,
+        as the reference; when not given, texts are cut at max_length, or at the model's 512 tokens (where the
+        reference would let a longer text through to crash the model). return_tensors: "pt", "np" or None (lists).
+        """
+        if text is None and images is None:
+            raise ValueError("AltCLIPProcessor needs text=, images= or both; got neither")
+        out = BatchFeature()
+        if text is not None:
+            out.update(self._tokenize(text, return_tensors, padding, truncation, max_length))
+        if images is not None:
+            out.update(self.image_processor(images, return_tensors))
+        return out
+
+    def _tokenize(self, text, return_tensors, padding, truncation, max_length):
+        texts = [text] if isinstance(text, str) else text
+        if not isinstance(texts, (list, tuple)) or not all(isinstance(t, str) for t in texts):
+            raise TypeError(f"text must be a string or a list of strings, got {_what(text)}")
+        if not texts:
+            raise ValueError("text is an empty list")
+        limit = max_length or self.tokenizer.model_max_length
+        if truncation in (False, "do_not_truncate"):
+            limit = sys.maxsize
+        elif truncation not in (None, True, "longest_first", "only_first"):
+            raise ValueError(f"truncation must be True, False, 'longest_first' or 'do_not_truncate', got {truncation!r}")
+        rows = self.tokenizer.encode_batch(texts, limit)
+        if padding in (True, "longest"):
+            width = max(map(len, rows))
+        elif padding == "max_length":
+            width = max([max_length or self.tokenizer.model_max_length, *map(len, rows)])
+        elif padding in (False, None, "do_not_pad"):
+            width = None
+        else:
+            raise ValueError(f"padding must be True, False, 'longest', 'max_length' or 'do_not_pad', got {padding!r}")
+        if width is not None:
+            pad = self.tokenizer.pad_token_id
+            rows, masks = [r + [pad] * (width - len(r)) for r in rows], [[1] * len(r) + [0] * (width - len(r))
+                                                                          for r in rows]
+        else:
+            masks = [[1] * len(r) for r in rows]
+        if return_tensors is not None and len(set(map(len, rows))) > 1:
+            raise ValueError(f"the texts have different lengths ({sorted(set(map(len, rows)))} tokens) and cannot "
+                             f"form one tensor: pass padding=True")
+        if return_tensors is None and isinstance(text, str):
+            return {"input_ids": rows[0], "attention_mask": masks[0]}  # one text, no batch: flat lists, as the reference
+        return {"input_ids": _as_tensors(rows, return_tensors), "attention_mask": _as_tensors(masks, return_tensors)}
+
+    def decode(self, ids, skip_special_tokens=False) -> str:
+        """The text of one sequence of ids, special tokens shown unless skip_special_tokens (the reference's)."""
+        return self.tokenizer.decode(ids, skip_special_tokens=skip_special_tokens)
+
+    def batch_decode(self, sequences, skip_special_tokens=False) -> list[str]:
+        return [self.decode(ids, skip_special_tokens) for ids in sequences]
+
+    def __repr__(self):
+        return f"AltCLIPProcessor({self.image_processor}, tokenizer of {self.tokenizer.vocab_size} ids)"
+
+
+def _what(x) -> str:
+    """A short description of a wrong input, for error messages: its type, and its value when short."""
+    shown = repr(x)
+    return type(x).__name__ + (f" {shown}" if len(shown) <= 40 else "")
+
+
+def _as_images(images) -> list:
+    """PIL images, paths and (H, W, 3) uint8 arrays, alone or in a list → PIL images. A wrong one is a one-line
+    TypeError or ValueError naming it."""
+    items = list(images) if isinstance(images, (list, tuple)) else [images]
+    if not items:
+        raise ValueError("images is an empty list")
+    out = []
+    for item in items:
+        if isinstance(item, (str, os.PathLike)):
+            try:
+                item = load_image(item)
+            except ImageError as e:
+                raise ValueError(str(e)) from None
+        elif isinstance(item, np.ndarray) and item.dtype == np.uint8 and item.ndim == 3 and item.shape[-1] == 3:
+            item = Image.fromarray(item)
+        if not isinstance(item, Image.Image):
+            raise TypeError(f"images must be PIL images, image paths or (H, W, 3) uint8 arrays, got {_what(item)}"
+                            + (f" of shape {item.shape}, {item.dtype}" if isinstance(item, np.ndarray) else ""))
+        out.append(item)
+    return out
+
+
+def _as_tensors(x, return_tensors):
+    """Lists of ids, or a (B, ...) float tensor → what return_tensors asks for: "pt", "np", or None (lists; the
+    reference gives images as a list of arrays)."""
+    if return_tensors == "pt":
+        return x if torch.is_tensor(x) else torch.tensor(x, dtype=torch.int64)
+    if return_tensors == "np":
+        return x.numpy() if torch.is_tensor(x) else np.array(x, dtype=np.int64)
+    if return_tensors is None:
+        return list(x.numpy()) if torch.is_tensor(x) else x
+    raise ValueError(f"return_tensors must be 'pt', 'np' or None, got {return_tensors!r}")
+

@@ -490,6 +490,33 @@ def load_model(args, n_images: int):
     return model, tokenizer
 
 
+def load_text_side(args):
+    """(model, tokenizer) for the texts of a search with no image to embed: the text tower and text_projection alone,
+    read from the full checkpoint (the image tower is never read). --kernels on and --onednn on ask for the whole
+    model's paths, so they load it."""
+    from load_weights import CheckpointError
+    from tokenizer import Tokenizer
+
+    if args.kernels == "on" or args.onednn == "on":
+        return load_model(args, 0)
+    from altclip import AltCLIPTextModelWithProjection
+    t0 = time.perf_counter()
+    try:
+        with warnings.catch_warnings(record=True) as caught:  # shown below as one line each, as load_model does
+            warnings.simplefilter("always")
+            model = AltCLIPTextModelWithProjection.from_pretrained(args.model, dtype=DTYPES[args.dtype],
+                                                                   device=args.device)
+        tokenizer = Tokenizer.from_pretrained(args.model)
+    except (OSError, CheckpointError) as e:
+        raise Failure(f"model '{args.model}': {e}") from None
+    for w in caught:
+        warn(w.message)
+    if args.verbose:
+        say(f"{args.model}: text tower loaded alone in {time.perf_counter() - t0:.1f} s (every image is indexed): "
+            f"{args.dtype} on {args.device}, compute path: {model.path}")
+    return model, tokenizer
+
+
 def embed_texts(model, tokenizer, texts: list[str]) -> torch.Tensor:
     """(len(texts), P) L2-normalised text embeddings, embedded as one batch."""
     with torch.inference_mode():
@@ -658,8 +685,9 @@ def index_images(args, db, files: list[str], dim: int) -> Indexed:
 
 
 def text_model(args, loaded: tuple | None):
-    """(model, tokenizer) to embed the query's texts: the one that embedded the images, or else loaded now."""
-    return loaded if loaded is not None else load_model(args, 0)
+    """(model, tokenizer) to embed the query's texts: the one that embedded the images, or else the text side alone,
+    loaded now."""
+    return loaded if loaded is not None else load_text_side(args)
 
 
 def compose_query(args, indexed: Indexed, dim: int) -> torch.Tensor:

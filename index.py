@@ -20,7 +20,6 @@ with an error naming it, never overwritten; an altclip index of another schema v
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import re
 import sqlite3
@@ -28,6 +27,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
+
+from checkpoint_files import shard_names
 
 APPLICATION_ID = 0x416C7443  # "AltC", in the SQLite header: the file is an altclip index
 SCHEMA_VERSION = 1  # PRAGMA user_version; an index of another version is rebuilt
@@ -63,8 +64,7 @@ def model_key(folder: Path, weights: Path, dtype: str) -> str:
     files (name, size, modification time: a changed or re-downloaded file changes them) and the dtype."""
     files = [weights]
     if weights.name.endswith(".index.json"):  # sharded: the index and every shard it names
-        shards = json.loads(weights.read_text())["weight_map"].values()
-        files += [weights.parent / shard for shard in sorted(set(shards))]
+        files += [weights.parent / shard for shard in shard_names(weights)]
     h = hashlib.sha256((Path(folder) / "config.json").read_bytes())
     for f in files:
         st = f.stat()  # through symlinks: the hub cache links names to content-addressed blobs

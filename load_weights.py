@@ -6,6 +6,10 @@ Load BAAI/AltCLIP checkpoints (and the rest of the family: AltCLIP-m9, AltCLIP-m
     python load_weights.py BAAI/AltCLIP --to-safetensors ./altclip-st   # convert the hub's .bin once, load fast after
     save_pretrained(model, "./my-altclip")                # ours → the same layout (train.py saves with it)
 
+altclip.py's classes load through here (AltCLIPModel.from_pretrained is load_pretrained; a tower's from_pretrained
+takes read_config and state_dict(..., part="text_model.")): this file imports none of them at its top, so either
+side may import the other without a circle.
+
 The checkpoint's tensor names are the reference implementation's module paths. NAME_MAP below is the whole mapping
 to our module names, DROPPED lists what is deliberately ignored and FUSED what is transformed on the way in.
 Loading is strict: anything missing, unexpected or of the wrong shape is an error that names the tensor.
@@ -26,11 +30,15 @@ import warnings
 import zipfile
 from dataclasses import fields
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
-from altclip import AltCLIP, AltCLIPConfig, config_from_dict
+from checkpoint_files import EXTRA_FILES, resolve, shard_names
+
+if TYPE_CHECKING:  # the loader knows no model class at import: altclip.py's from_pretrained imports it
+    from altclip import AltCLIP, AltCLIPConfig
 
 # -----------------------------------------------------------------------------
 # The mapping: checkpoint name → our name. `{i}` is a block index. Names are those of the BAAI/AltCLIP checkpoint.
@@ -87,9 +95,6 @@ DROPPED = {
 ALIASES = [(re.compile(r"^vision_model\.encoder\.layer\.(\d+)\."), r"vision_model.encoder.layers.\1."),
            (re.compile(r"^text_model\.roberta\.encoder\.layers\.(\d+)\."), r"text_model.roberta.encoder.layer.\1.")]
 
-WEIGHT_FILES = ["model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json"]
-EXTRA_FILES = ["sentencepiece.bpe.model", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-               "preprocessor_config.json"]
 
 
 class CheckpointError(ValueError):
@@ -97,142 +102,33 @@ class CheckpointError(ValueError):
 
 
 # -----------------------------------------------------------------------------
-# Finding the files: a local folder, or a hub repo through huggingface_hub's cache.
-
-
-def resolve(source: str | Path, optional: list[str] = ()) -> tuple[Path, Path]:
-    """Return (folder, weights file) for a local folder or a hub repo id, fetching only what is needed.
-
-    From the hub: config.json, the first weight format present in WEIGHT_FILES order (safetensors first, with the
-    shards an index names) and, if they exist, the `optional` files. Everything lands in the hub cache.
-    """
-    path = Path(source)
-    if path.exists():
-        if not path.is_dir():
-            raise FileNotFoundError(f"{path} is a file; pass the folder that holds config.json and the weights")
-        for name in WEIGHT_FILES:
-            if (path / name).exists():
-                return path, path / name
-        raise FileNotFoundError(f"{path} holds no weights: expected one of {', '.join(WEIGHT_FILES)}")
-    if str(source).startswith((".", "/", "~")) or str(source).count("/") != 1:
-        raise FileNotFoundError(f"model folder {source} does not exist (a hub id looks like BAAI/AltCLIP)")
-    return _download(str(source), optional)
-
-
-def _download(repo_id: str, optional) -> tuple[Path, Path]:
-    return cache_first(repo_id, lambda local_only: _fetch_all(repo_id, optional, local_only))
-
-
-def cache_first(repo_id: str, fetch):
-    """fetch(local_only=True) from the cache, without touching the network (a model used once works offline and
-    starts fast); if that finds nothing, one quick probe of the hub, then fetch(local_only=False)."""
-    found = fetch(True)
-    if found is None:
-        if not hub_reachable():
-            raise OSError(offline_message(repo_id))
-        found = fetch(False)
-    return found
-
-
-def _fetch_all(repo_id, optional, local_only):
-    """(folder, weights) with config.json, one weight format (and its shards) and the optional files, or None."""
-    config = hub_file(repo_id, "config.json", local_only)
-    if config is None:
-        if local_only:
-            return None
-        raise FileNotFoundError(f"{repo_id} has no config.json on the Hugging Face Hub")
-    for name in WEIGHT_FILES:
-        weights = hub_file(repo_id, name, local_only)
-        if weights is None:
-            continue
-        if name.endswith(".index.json"):
-            shards = sorted(set(json.loads(weights.read_text())["weight_map"].values()))
-            if any(hub_file(repo_id, shard, local_only) is None for shard in shards):
-                if local_only:
-                    return None
-                raise FileNotFoundError(f"{repo_id}: {name} names shards that the repository does not have")
-        for extra in optional:
-            hub_file(repo_id, extra, local_only)
-        return config.parent, weights
-    if local_only:
-        return None
-    raise FileNotFoundError(f"{repo_id} has none of {', '.join(WEIGHT_FILES)} on the Hugging Face Hub")
-
-
-def hub_file(repo_id: str, filename: str, local_only: bool = False) -> Path | None:
-    """One file of a hub repo through huggingface_hub's cache, or None if the repo has no such file (or, with
-    local_only, if it is not cached). Errors: FileNotFoundError for a repo that does not exist, OSError offline."""
-    from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import (EntryNotFoundError, HFValidationError, LocalEntryNotFoundError,
-                                        RepositoryNotFoundError)
-    try:
-        return Path(hf_hub_download(repo_id, filename, local_files_only=local_only))
-    except HFValidationError:
-        raise FileNotFoundError(f"{repo_id!r} is neither a local folder nor a Hugging Face Hub repo id") from None
-    except RepositoryNotFoundError:
-        raise FileNotFoundError(f"{repo_id} is not a model repository on the Hugging Face Hub (or it is private), "
-                                f"and no local folder has that name") from None
-    except EntryNotFoundError:
-        return None
-    except LocalEntryNotFoundError:  # not in the cache, and (when asked to download) the hub could not be reached
-        if local_only:
-            return None
-        raise OSError(offline_message(repo_id)) from None
-
-
-def hub_reachable(timeout: float = 3.0) -> bool:
-    """Whether the hub answers at all: one quick connection instead of huggingface_hub's retries with back-off."""
-    import os
-    import socket
-    from urllib.parse import urlparse
-
-    from huggingface_hub import constants
-
-    if constants.HF_HUB_OFFLINE:
-        return False
-    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
-        return True  # only the proxy can tell; let huggingface_hub try
-    url = urlparse(constants.ENDPOINT)
-    try:
-        socket.create_connection((url.hostname, url.port or 443), timeout=timeout).close()
-        return True
-    except OSError:
-        return False
-
-
-def offline_message(repo_id: str) -> str:
-    return (f"cannot reach the Hugging Face Hub to download {repo_id}, and it is not in the local cache. Download "
-            f"it once with network access (`hf download {repo_id}`), or point at a local copy: --model "
-            f"/path/to/folder (or load_pretrained('/path/to/folder'))")
-
-
-# -----------------------------------------------------------------------------
 # Reading tensors: safetensors (memory-mapped) or PyTorch pickles (weights_only, never executing code).
 
 
-def read_tensors(weights: Path) -> dict[str, torch.Tensor]:
-    """All tensors of a checkpoint, by checkpoint name. Sharded checkpoints are read through their index."""
+def read_tensors(weights: Path, keep=None) -> dict[str, torch.Tensor]:
+    """All tensors of a checkpoint, by checkpoint name. Sharded checkpoints are read through their index.
+    keep: a test on names; only the tensors it passes are mapped."""
     if weights.name.endswith(".index.json"):
-        shards = sorted(set(json.loads(weights.read_text())["weight_map"].values()))
         tensors = {}
-        for shard in shards:
+        for shard in shard_names(weights):
             if not (weights.parent / shard).exists():
                 raise CheckpointError(f"{weights} names a shard {shard} that is missing from {weights.parent}")
-            tensors.update(read_tensors(weights.parent / shard))
+            tensors.update(read_tensors(weights.parent / shard, keep))
         return tensors
     if weights.suffix == ".safetensors":
-        return read_safetensors(weights)
+        return read_safetensors(weights, keep)
     try:
-        return torch.load(weights, map_location="cpu", weights_only=True, mmap=True)
+        tensors = torch.load(weights, map_location="cpu", weights_only=True, mmap=True)
     except RuntimeError as e:
-        if "mmap" in str(e):  # a pickle in the legacy (pre-zip) format cannot be memory-mapped
-            return torch.load(weights, map_location="cpu", weights_only=True)
-        raise CheckpointError(f"cannot read {weights}: {str(e).splitlines()[0]} (truncated or corrupt?)") from None
+        if "mmap" not in str(e):
+            raise CheckpointError(f"cannot read {weights}: {str(e).splitlines()[0]} (truncated or corrupt?)") from None
+        tensors = torch.load(weights, map_location="cpu", weights_only=True)  # a legacy (pre-zip) pickle: no mmap
     except Exception as e:
         if "weights_only" in str(e) or "Unsupported" in str(e):
             raise CheckpointError(f"refused to load {weights}: it holds pickled objects other than tensors, which "
                                   f"could run code when unpickled ({str(e).splitlines()[0]})") from None
         raise CheckpointError(f"cannot read {weights}: {e}") from None
+    return tensors if keep is None else {name: t for name, t in tensors.items() if keep(name)}
 
 
 SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
@@ -240,7 +136,7 @@ SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.f
                       "BOOL": torch.bool}
 
 
-def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+def read_safetensors(path: Path, keep=None) -> dict[str, torch.Tensor]:
     """A .safetensors file: an 8-byte little-endian header size, a JSON header {name: {dtype, shape, data_offsets}},
     then the tensors' bytes.
 
@@ -264,7 +160,7 @@ def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
             raise corrupt(f"its header is not JSON ({e})") from None
     tensors = {}
     for name, info in header.items():
-        if name == "__metadata__":
+        if name == "__metadata__" or (keep is not None and not keep(name)):
             continue
         try:
             dtype, shape, (begin, end) = SAFETENSORS_DTYPES[info["dtype"]], info["shape"], info["data_offsets"]
@@ -306,9 +202,7 @@ def convert(tensors: dict[str, torch.Tensor], model: AltCLIP, dtype: torch.dtype
     expected = {name: p.shape for name, p in model.named_parameters()}
     ours, sources, fused, unexpected = {}, {}, {}, []
     for name, t in tensors.items():
-        canonical = name
-        for alias, repl in ALIASES:
-            canonical = alias.sub(repl, canonical)
+        canonical = _canonical(name)
         if any(d.match(canonical) for d in _DROPPED):
             continue
         for regex, target in _RULES:
@@ -350,6 +244,12 @@ def convert(tensors: dict[str, torch.Tensor], model: AltCLIP, dtype: torch.dtype
             for name, t in ours.items()}
 
 
+def _canonical(name: str) -> str:
+    for alias, repl in ALIASES:
+        name = alias.sub(repl, name)
+    return name
+
+
 def _shape_message(source, got, want, ours):
     part = "text" if ours.startswith("text") else "vision" if ours.startswith("vision") else "top-level"
     return (f"tensor {source} has shape {tuple(got)} in the checkpoint, but the {part} config in config.json "
@@ -365,14 +265,46 @@ def _listing(names, limit=8):
 # The entry point.
 
 
-def load_config(folder: Path):
+def read_config(folder: Path) -> dict:
+    """config.json as a dict; altclip.config_from_dict reads it as the reference does."""
     path = folder / "config.json"
     if not path.exists():
         raise FileNotFoundError(f"{folder} has no config.json")
     try:
-        return config_from_dict(json.loads(path.read_text()))
-    except (json.JSONDecodeError, TypeError, ValueError) as e:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CheckpointError(f"cannot use {path}: {e}") from None
+
+
+def load_config(folder: Path) -> AltCLIPConfig:
+    from altclip import config_from_dict
+
+    d = read_config(folder)
+    try:
+        return config_from_dict(d)
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"cannot use {folder / 'config.json'}: {e}") from None
+
+
+def state_dict(weights: Path, model: torch.nn.Module, dtype: torch.dtype, device="cpu",
+               part: str | tuple[str, ...] | None = None):
+    """The checkpoint's tensors as `model`'s state dict (names and shapes checked by `convert`), in `dtype` on
+    `device`. part: a prefix such as "text_model." (or a tuple of them); only the tensors under it are read, for a
+    model that is that tower alone (its parameter names carry the same prefix).
+
+    Memory-mapped: pages are read on first use. Safetensors map each tensor on its own, so tensors copied on the
+    way in (fused q/k/v, casts) leave memory afterwards; a zip pickle is one mapping, so its q/k/v are fused from
+    a second mapping that is dropped afterwards. (A pre-zip pickle cannot be mapped and is read once.)
+    """
+    parts = (part,) if isinstance(part, str) else part
+    keep = None if parts is None else lambda name: _canonical(name).startswith(parts)
+    pickle = weights.name.endswith((".bin", ".bin.index.json"))
+    second = pickle and (weights.suffix == ".json" or zipfile.is_zipfile(weights))
+    tensors = read_tensors(weights, keep)
+    if parts is not None and not tensors:
+        raise CheckpointError(f"{weights} has no tensor under {' or '.join(map(repr, parts))}: not a checkpoint of "
+                              f"the whole model")
+    return convert(tensors, model, dtype, device, fuse_from=read_tensors(weights, keep) if second else None)
 
 
 def load_pretrained(source: str | Path = "BAAI/AltCLIP", *, dtype: torch.dtype = torch.float32,
@@ -383,35 +315,37 @@ def load_pretrained(source: str | Path = "BAAI/AltCLIP", *, dtype: torch.dtype =
     otherwise; True insists on them (RuntimeError saying why when they cannot run; Triton's CPU interpreter,
     TRITON_INTERPRET=1, counts as able to run); False never uses them. `model.kernels` tells which path is on.
     onednn: on CPU, pack the blocks' linear layers for oneDNN with the MLP activations fused (altclip_kernels/onednn.py):
-    about 1.3x the throughput on AVX-512 CPUs, for a few seconds more at load, but slower on AVX2-only ones
+    faster on AVX-512 CPUs, for a few seconds more at load, but slower on AVX2-only ones
     (`altclip_kernels.onednn.faster_here()` says which). RuntimeError saying why when it cannot be done here.
-    A bfloat16/float16 model on a CPU without native instructions for it works, emulated and ~5x slower than
-    float32: a altclip_kernels.cpu.EmulatedDtypeWarning says so.
+    A bfloat16/float16 model on a CPU without native instructions for it works, emulated and several times slower
+    than float32: an altclip_kernels.cpu.EmulatedDtypeWarning says so.
     """
     use_kernels = _want_kernels(kernels, torch.device(device))  # before any download: kernels=True fails fast
-    if torch.device(device).type == "cpu" and dtype in (torch.bfloat16, torch.float16):
-        from altclip_kernels import cpu
-        if (message := cpu.emulation_warning(dtype)) is not None:
-            warnings.warn(message, cpu.EmulatedDtypeWarning, stacklevel=2)
+    warn_if_emulated(dtype, device)
     if onednn:
         _check_onednn(dtype, torch.device(device))
+    from altclip import AltCLIP
+
     folder, weights = resolve(source)
     config = load_config(folder)
     use_kernels = use_kernels and _want_kernels(kernels, torch.device(device), config)  # and the model's shapes
     with torch.device("meta"):  # shapes only: no memory and no random initialisation
         model = AltCLIP(config)
-    # Memory-mapped: pages are read on first use. Safetensors map each tensor on its own, so tensors copied on the
-    # way in (fused q/k/v, casts) leave memory afterwards; a zip pickle is one mapping, so its q/k/v are fused from
-    # a second mapping that is dropped afterwards. (A pre-zip pickle cannot be mapped and is read once.)
-    pickle = weights.name.endswith((".bin", ".bin.index.json"))
-    second = pickle and (weights.suffix == ".json" or zipfile.is_zipfile(weights))
-    state = convert(read_tensors(weights), model, dtype, device, fuse_from=read_tensors(weights) if second else None)
+    state = state_dict(weights, model, dtype, device)
     model.load_state_dict(state, strict=True, assign=True)
     del state  # the model holds the only references now, so packing can drop each original as it goes
     if onednn:
         from altclip_kernels import onednn as onednn_kernels
         onednn_kernels.pack(model)
     return model.use_kernels(use_kernels).eval()
+
+
+def warn_if_emulated(dtype: torch.dtype, device, stacklevel: int = 3):
+    """An EmulatedDtypeWarning for a bfloat16/float16 model on a CPU without native instructions for that dtype."""
+    if torch.device(device).type == "cpu" and dtype in (torch.bfloat16, torch.float16):
+        from altclip_kernels import cpu
+        if (message := cpu.emulation_warning(dtype)) is not None:
+            warnings.warn(message, cpu.EmulatedDtypeWarning, stacklevel=stacklevel)
 
 
 def _check_onednn(dtype: torch.dtype, device: torch.device):
@@ -431,15 +365,12 @@ def _want_kernels(kernels: bool | None, device: torch.device, config: AltCLIPCon
         return False  # decided without importing Triton, which takes a while
     import altclip_kernels as triton_kernels
 
-    ok, why = triton_kernels.available()
+    why = triton_kernels.refusal(config)
     interpreted = triton_kernels.interpreted()
-    shapes = None if config is None else triton_kernels.unsupported_shapes(config)
     if kernels is None:
-        return ok and not interpreted and shapes is None
-    if not ok:
-        raise RuntimeError(f"kernels=True, but the Triton kernels cannot run here: {why}")
-    if shapes is not None:
-        raise RuntimeError(f"kernels=True, but the Triton kernels cannot run this model: {shapes}")
+        return why is None and not interpreted
+    if why is not None:
+        raise RuntimeError(f"kernels=True, but {why}")
     if device.type != "cuda" and not interpreted:
         raise RuntimeError(f"kernels=True needs the model on a CUDA device (got {device}), or TRITON_INTERPRET=1 "
                            f"to run the kernels in Triton's CPU interpreter")
@@ -453,6 +384,8 @@ def to_safetensors(source: str | Path, out: str | Path) -> Path:
     The tensors are checked against the config first, so a checkpoint that would not load is not converted.
     """
     from safetensors.torch import save_file
+
+    from altclip import AltCLIP
 
     folder, weights = resolve(source, optional=EXTRA_FILES)
     config = load_config(folder)
@@ -477,10 +410,9 @@ _INVERSE = [(_pattern(ours), ckpt) for ckpt, ours in NAME_MAP.items()]
 _INVERSE_FUSED = [(_pattern(ours), parts) for ours, parts in FUSED.items()]
 
 # CLIP's image preprocessing, in the reference's CLIPImageProcessor terms (resample 3 = PIL bicubic); the crop is
-# the model's image_size.
+# the model's image_size, the mean and std altclip.py's (save_pretrained adds them).
 PREPROCESSOR = dict(image_processor_type="CLIPImageProcessor", do_convert_rgb=True, do_resize=True, resample=3,
-                    do_center_crop=True, do_rescale=True, rescale_factor=1 / 255, do_normalize=True,
-                    image_mean=[0.48145466, 0.4578275, 0.40821073], image_std=[0.26862954, 0.26130258, 0.27577711])
+                    do_center_crop=True, do_rescale=True, rescale_factor=1 / 255, do_normalize=True)
 
 
 def checkpoint_tensors(model: AltCLIP) -> dict[str, torch.Tensor]:
@@ -530,8 +462,11 @@ def save_pretrained(model: AltCLIP, folder: str | Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     save_file(tensors, folder / "model.safetensors", metadata={"format": "pt"})
     (folder / "config.json").write_text(json.dumps(config_dict(model), indent=2) + "\n")
+    from altclip import CLIP_MEAN, CLIP_STD
+
     size = model.config.vision.image_size
-    preprocessor = {**PREPROCESSOR, "size": {"shortest_edge": size}, "crop_size": {"height": size, "width": size}}
+    preprocessor = {**PREPROCESSOR, "size": {"shortest_edge": size}, "crop_size": {"height": size, "width": size},
+                    "image_mean": list(CLIP_MEAN), "image_std": list(CLIP_STD)}
     (folder / "preprocessor_config.json").write_text(json.dumps(preprocessor, indent=2) + "\n")
     return folder
 

@@ -226,10 +226,12 @@ class Tokenizer:
                     for for_sp, group in itertools.groupby(words, lambda w: type(w) is str)]
         return [joined] if joined else []
 
-    def decode(self, ids):
-        """Text of a list (or 1-D tensor) of ids, skipping special tokens, as the reference's decode does."""
-        ids = ids.tolist() if isinstance(ids, torch.Tensor) else ids
-        text = "".join(self.pieces[i] for i in ids if i not in self.special_ids).replace("▁", " ")
+    def decode(self, ids, skip_special_tokens=True):
+        """Text of a list (or 1-D tensor) of ids, as the reference's decode gives it with skip_special_tokens (with
+        False, its own default, the special tokens are written out)."""
+        ids = ids.tolist() if isinstance(ids, (torch.Tensor, numpy.ndarray)) else ids
+        skip = self.special_ids if skip_special_tokens else ()
+        text = "".join(self.pieces[i] for i in ids if i not in skip).replace("▁", " ")
         return text[1:] if text.startswith(" ") else text  # the "▁" put in front of the first word
 
     # -------------------------------------------------------------------------------------------------------------
@@ -545,7 +547,7 @@ def message_field(number, payload):
 
 def download(repo_id, filename):
     """A file of a hub repo, through huggingface_hub's cache (looked at first), with load_weights' clear errors."""
-    from load_weights import cache_first, hub_file  # one resolver for weights and tokenizer
+    from checkpoint_files import cache_first, hub_file  # one resolver for weights and tokenizer
 
     path = cache_first(repo_id, lambda local_only: hub_file(repo_id, filename, local_only))
     if path is None:

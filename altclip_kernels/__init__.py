@@ -19,7 +19,7 @@ Importing this package imports no Triton: the CPU paths never need it, and impor
 Triton names (`attention`, `layer_norm`, their references) are loaded on first use; without Triton they are stand-ins
 that raise with the reason, and `available()` says why. Triton decides when a kernel is decorated whether it is
 compiled for the GPU or run by its CPU interpreter, so TRITON_INTERPRET=1 must be set before the first use of a
-Triton name or of `available()` (tests/conftest.py and bench/kernels.py set it when there is no CUDA device).
+Triton name or of `available()` (tests/conftest.py and bench/gpu_kernels.py set it when there is no CUDA device).
 """
 import importlib
 import os
@@ -77,6 +77,17 @@ def unsupported_shapes(config) -> str | None:
     return None
 
 
+def refusal(config=None) -> str | None:
+    """Why the Triton kernels cannot run here, or cannot run a model of this AltCLIPConfig, in one line; None when
+    they can. The one check behind AltCLIP.use_kernels and load_pretrained(kernels=...)."""
+    ok, why = available()
+    if not ok:
+        return f"the Triton kernels cannot run here: {why}"
+    if config is not None and (why := unsupported_shapes(config)) is not None:
+        return f"the Triton kernels cannot run this model: {why}"
+    return None
+
+
 def interpreted() -> bool:
     """Whether the kernels were defined for Triton's CPU interpreter (TRITON_INTERPRET=1 when first loaded)."""
     return _load_triton() is None and _interpret_at_load
@@ -103,4 +114,4 @@ def available() -> tuple[bool, str]:
     return False, "no CUDA device (set TRITON_INTERPRET=1 to run the kernels in Triton's CPU interpreter)"
 
 
-__all__ = ["HEAD_SIZES", "available", "interpreted", "unsupported_shapes", *TRITON_NAMES]
+__all__ = ["HEAD_SIZES", "available", "interpreted", "refusal", "unsupported_shapes", *TRITON_NAMES]

@@ -160,11 +160,11 @@ def _block_config(n: int, head_dim: int, dtype: torch.dtype, interpreted: bool) 
     """(BLOCK_M, BLOCK_N, num_warps, num_stages) for a sequence length, head size and dtype.
 
     In the interpreter every program runs one after another in numpy and each tile operation has a fixed Python
-    cost, so the fewer and larger the tiles the faster: one tile covers up to 256 rows and keys (N = 257 with
-    B·H = 4 takes ~0.1 s of CPU with 256×256 tiles, ~0.15 s with 128×128, ~0.6 s with 64×64).
+    cost, so the fewer and larger the tiles the faster: one tile covers up to 256 rows and keys (each halving of
+    the tile side multiplies the number of programs by four).
     On a GPU they are picked from the ranges Triton's tutorial 06 (fused attention) autotunes over for Hopper
     (BLOCK_M 64/128, BLOCK_N 32/64, 4/8 warps, 2-3 pipeline stages). They are UNTUNED: chosen without a GPU to
-    measure on. bench/kernels.py prints the tiles it ran with and is the place to tune them.
+    measure on. bench/gpu_kernels.py prints the tiles it ran with and is the place to tune them.
     """
     if interpreted:
         block = min(256, max(16, triton.next_power_of_2(n)))

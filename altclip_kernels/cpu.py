@@ -18,20 +18,17 @@ import torch
 
 LOW_PRECISION = (torch.bfloat16, torch.float16)
 
-# Where packing the linears for oneDNN (altclip_kernels/onednn.py) was measured faster than the plain path, per CPU class
-# and dtype, with the figures the rule rests on. A (class, dtype) not listed runs the plain path automatically.
-#   AVX512, AMD EPYC 2 cores (bench/cpu.py, README "CPU performance"): images/s float32 1.35x, bfloat16 1.17x the
-#           plain path's ratio to the reference; texts/s 1.46x / 1.20x.
-#   AVX2,   AMD EPYC Zen 3 2 cores: float32 images 0.65 img/s packed against 0.80 plain (0.81x: slower), and a
-#           17-image folder job 1.45x the wall time of --onednn off; bfloat16 cannot be packed (no native bf16).
-#           On this class the plain float32 image tower already runs at ~83% of the FMA peak.
+# Where packing the linears for oneDNN (altclip_kernels/onednn.py) was measured faster than the plain path, per CPU
+# class and dtype (bench/cpu.py; figures and machines in bench/README.md). A (class, dtype) not listed runs the plain
+# path automatically: on AVX2 packed float32 was slower (the plain path is already near the FMA peak there), and
+# bfloat16 cannot be packed without native instructions.
 ONEDNN_MEASURED_FASTER = {
-    ("AVX512", torch.float32): "measured 1.35x images/s on AVX-512 (AMD EPYC, 2 cores)",
-    ("AVX512", torch.bfloat16): "measured 1.17x images/s on AVX-512 (AMD EPYC, 2 cores)",
+    ("AVX512", torch.float32): "measured faster on AVX-512 CPUs (bench/README.md)",
+    ("AVX512", torch.bfloat16): "measured faster on AVX-512 CPUs (bench/README.md)",
 }
 
-# How much slower an emulated low-precision dtype runs than float32 here, for the one-line warning. Measured on an
-# AMD EPYC Zen 3 (AVX2): a 1028x1024 @ 1024x4096 matmul 4.7x (bfloat16) and 4.3x (float16); image features 5.7x.
+# How much slower an emulated low-precision dtype runs than float32, for the one-line warning (bench/README.md has
+# the matmul and image-feature figures behind it, measured on an AVX2 CPU).
 EMULATED_SLOWDOWN = "~5x"
 
 

@@ -3,10 +3,11 @@
 On CPU, `F.linear` hands PyTorch's (out, in) row-major weight to the BLAS on every call. oneDNN (PyTorch's CPU
 deep-learning library) computes fastest from a blocked weight layout of its own; packing the weight into it once,
 at load time, and fusing the MLP's activation into the matmul's epilogue saves work on every call. Whether that
-pays depends on the CPU class (altclip_kernels/cpu.py): on a 2-core AVX-512 CPU at the image tower's shapes it is 1.2-1.6x
-faster in float32 and 1.0-1.2x in bfloat16; on an AVX2-only CPU it is *slower* in float32 (0.81x), and bfloat16
-cannot be packed at all (oneDNN needs native bf16 instructions). `faster_here()` says which, from measurements.
-(bfloat16 products are bit-identical to F.linear's; float32 sums in another order, differences ~1e-6.)
+pays depends on the CPU class (altclip_kernels/cpu.py): it was measured faster on AVX-512 CPUs in float32 and
+bfloat16, but *slower* in float32 on AVX2-only ones, where the plain float32 path already runs near the FMA peak;
+bfloat16 cannot be packed there at all (oneDNN needs native bf16 instructions). `faster_here()` says which, from
+those measurements (bench/cpu.py; the figures are in bench/README.md). bfloat16 products are bit-identical to
+F.linear's; float32 sums in another order, so results differ in the last bits.
 
     y = x Wᵀ + b                   PackedLinear(linear)
     y = gelu(x Wᵀ + b)             PackedLinear(linear, "gelu")        exact erf GELU, the text tower's MLP

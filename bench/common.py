@@ -108,7 +108,7 @@ def build_checkpoint(folder: Path = DEFAULT_MODEL, seed: int = SEED, vocab_size:
 def train_tokenizer(folder: Path, vocab_size: int):
     """A small XLM-R-like sentencepiece model: the tests' fixture when present, else a minimal one trained here."""
     try:
-        from tests.spm_fixture import train_sentencepiece
+        from tests.helpers import train_sentencepiece
     except ImportError:
         train_sentencepiece = None
     if train_sentencepiece is not None:
@@ -249,7 +249,7 @@ t0 = time.perf_counter()
 proc = subprocess.Popen(sys.argv[2:])
 _, status, usage = os.wait4(proc.pid, 0)
 json.dump({"wall_s": time.perf_counter() - t0, "rss_mib": usage.ru_maxrss / 1024,
-           "rc": os.waitstatus_to_exitcode(status)}, open(sys.argv[1], "w"))
+           "cpu_s": usage.ru_utime + usage.ru_stime, "rc": os.waitstatus_to_exitcode(status)}, open(sys.argv[1], "w"))
 """
 
 

@@ -11,6 +11,11 @@ the two searches one after the other. The weights are read once before timing, s
 Also checked: the first search embeds 16 images and the second none (from their -v lines), and both print the same
 ranking.
 
+The second search loads the text tower alone (every image is indexed: AltCLIPTextModelWithProjection reads only the
+text tower's tensors). Each repeat also runs it the old way, loading the whole model (cli.load_text_side replaced by
+cli.load_model in that process), in alternating order: goal ≤ 0.85× the whole-model second search's wall time and
+peak RSS. All three searches run through the same `python -c` wrapper around cli.main.
+
 Decoding while the model works (--decode): 24 camera-size JPEGs (4000×3000) against the same 24 pictures at 224 px,
 embedded by the full-size model in float32 the way the command line embeds a folder (cli.embed_images: decoded in
 threads ahead of the model), and the same the way it did before (each batch decoded in the model's thread). The goal:
@@ -34,6 +39,11 @@ import numpy as np
 from common import ROOT, ensure_checkpoint, example_image, run_measured
 
 GOAL = 0.6
+TEXT_SIDE_GOAL = 0.85
+# `python altclip.py ARGS` through cli.main; WHOLE also makes an indexed search load the whole model, as it did before
+# the text side could be loaded alone.
+CLI = "import sys; sys.path.insert(0, {root!r}); import cli; {patch}sys.exit(cli.main(sys.argv[1:]))"
+WHOLE = "cli.load_text_side = lambda args: cli.load_model(args, 0); "
 N_IMAGES = 16
 FULL_MODEL = Path(tempfile.gettempdir()) / "altclip-full-random"  # 3.5 GB: never inside the repository
 N_CAMERA = 24
@@ -59,9 +69,9 @@ def make_folder(folder: Path, n: int = N_IMAGES) -> Path:
     return folder
 
 
-def search(folder: Path, model: Path, index: Path, query: str) -> dict:
-    cmd = [sys.executable, str(ROOT / "altclip.py"), str(folder), "--search", query, "--model", str(model),
-           "--index", str(index), "-v"]
+def search(folder: Path, model: Path, index: Path, query: str, whole: bool = False) -> dict:
+    cmd = [sys.executable, "-c", CLI.format(root=str(ROOT), patch=WHOLE if whole else ""), str(folder), "--search",
+           query, "--model", str(model), "--index", str(index), "-v"]
     r = run_measured(cmd)
     if r["rc"]:
         raise SystemExit(f"search failed (exit {r['rc']}):\n{r['stderr'][-2000:]}")
@@ -101,20 +111,31 @@ def main():
             pass
     print(f"CPU class {cpu.describe()}; torch {torch.__version__}, {torch.get_num_threads()} threads")
 
-    firsts, seconds = [], []
+    firsts, seconds, wholes = [], [], []
     with tempfile.TemporaryDirectory(prefix="altclip-search-") as tmp:
         folder = make_folder(Path(tmp) / "photos")
         for k in range(args.repeats):
             index = Path(tmp) / f"index{k}.sqlite"
-            first, second = search(folder, model, index, args.query), search(folder, model, index, args.query)
+            first = search(folder, model, index, args.query)
+            if k % 2:  # alternate which way of doing the second search runs first
+                whole, second = search(folder, model, index, args.query, whole=True), search(folder, model, index,
+                                                                                             args.query)
+            else:
+                second, whole = search(folder, model, index, args.query), search(folder, model, index, args.query,
+                                                                                 whole=True)
             assert f"0 image(s) from the index, {N_IMAGES} embedded" in first["stderr"], first["stderr"]
-            assert f"{N_IMAGES} image(s) from the index, 0 embedded" in second["stderr"], second["stderr"]
-            assert [line.split("  ")[-1] for line in first["stdout"].splitlines()] == \
-                [line.split("  ")[-1] for line in second["stdout"].splitlines()], "the rankings differ"
+            for r in (second, whole):
+                assert f"{N_IMAGES} image(s) from the index, 0 embedded" in r["stderr"], r["stderr"]
+                assert [line.split("  ")[-1] for line in first["stdout"].splitlines()] == \
+                    [line.split("  ")[-1] for line in r["stdout"].splitlines()], "the rankings differ"
+            assert "text tower loaded alone" in second["stderr"] and "text tower" not in whole["stderr"]
             firsts.append(first)
             seconds.append(second)
+            wholes.append(whole)
             print(f"repeat {k + 1}: first {first['wall_s']:.1f} s ({first['rss_mib']:.0f} MiB), "
-                  f"second {second['wall_s']:.1f} s ({second['rss_mib']:.0f} MiB)")
+                  f"second {second['wall_s']:.1f} s ({second['cpu_s']:.1f} CPU s, {second['rss_mib']:.0f} MiB), "
+                  f"second loading the whole model {whole['wall_s']:.1f} s ({whole['cpu_s']:.1f} CPU s, "
+                  f"{whole['rss_mib']:.0f} MiB)", flush=True)
 
     t1, t2 = statistics.median(r["wall_s"] for r in firsts), statistics.median(r["wall_s"] for r in seconds)
     print(f"load average at end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
@@ -125,7 +146,15 @@ def main():
           f"{statistics.median(r['rss_mib'] for r in firsts):.0f} |")
     print(f"| second search (unchanged folder: nothing embedded) | {t2:.1f} | "
           f"{statistics.median(r['rss_mib'] for r in seconds):.0f} |")
+    tw = statistics.median(r["wall_s"] for r in wholes)
+    r2, rw = (statistics.median(r["rss_mib"] for r in runs) for runs in (seconds, wholes))
+    print(f"| second search loading the whole model (before) | {tw:.1f} | {rw:.0f} |")
     print(f"| second / first | {t2 / t1:.2f}× (goal ≤ {GOAL}×: {'met' if t2 / t1 <= GOAL else 'NOT met'}) | |")
+    c2, cw = (statistics.median(r["cpu_s"] for r in runs) for runs in (seconds, wholes))
+    print(f"| second, text side alone / whole model: CPU seconds (user + system) | {c2 / cw:.2f}× | |")
+    print(f"| second, text side alone / whole model | {t2 / tw:.2f}× (goal ≤ {TEXT_SIDE_GOAL}×: "
+          f"{'met' if t2 / tw <= TEXT_SIDE_GOAL else 'NOT met'}) | {r2 / rw:.2f}× (goal ≤ {TEXT_SIDE_GOAL}×: "
+          f"{'met' if r2 / rw <= TEXT_SIDE_GOAL else 'NOT met'}) |")
 
 
 # -----------------------------------------------------------------------------
@@ -134,11 +163,11 @@ def main():
 def ensure_full_model(folder: Path = FULL_MODEL) -> Path:
     """BAAI/AltCLIP's geometry with random weights, written by our own save_pretrained (AltCLIP() defaults are the real
     model's sizes), plus the benchmarks' small tokenizer; built once, in the temporary folder."""
+    import torch
+
     import altclip
     import load_weights
     from common import train_tokenizer
-
-    import torch
 
     if (folder / "done").exists():
         return folder

@@ -16,12 +16,10 @@ initial weights for each drawing; only the pixels differ.
 import argparse
 import os
 import random
-import sys
 import time
-from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import common  # noqa: E402,F401  (puts the repository on sys.path)
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402

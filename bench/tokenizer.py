@@ -42,12 +42,10 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-OUT = ROOT / "bench" / "out"
+from common import OUT  # common puts the repository first on sys.path: `import tokenizer` finds tokenizer.py,
+                              # not this script
+
 MODEL = OUT / "tokenizer-250k"
-# `import tokenizer` must find the repository's tokenizer.py, not this script (bench/ is first on the path when run
-# as `python bench/tokenizer.py`); tests/ holds the corpus the model is trained on.
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 PIECES = 250_000
 SEED = 0
@@ -122,7 +120,7 @@ def build_model(folder: Path = MODEL, pieces: int = PIECES, seed: int = SEED) ->
 
     import sentencepiece as spm
     from sentencepiece import sentencepiece_model_pb2 as pb
-    from spm_fixture import corpus
+    from tests.helpers import corpus
 
     import tokenizer
 

@@ -15,12 +15,11 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+import common  # noqa: F401  (puts the repository on sys.path)
 
 
 def one(keep: bool, steps: int):
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    sys.path.insert(0, str(ROOT))
     import torch
 
     import shapes

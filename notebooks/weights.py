@@ -15,7 +15,7 @@ Where the weights are looked for, in order:
 3. examples/mini-altclip (MINI): a small AltCLIP that train.py trained with the paper's recipe on images of
    coloured shapes and their captions in ten languages (shapes.py). It knows that world, and only that world;
 4. only if MINI is missing: a tiny random AltCLIP (64-wide towers of 2 blocks, the real image geometry, a small
-   multilingual tokenizer trained in a fraction of a second by tests/spm_fixture.py), with LayerNorms that are not the
+   multilingual tokenizer trained in a fraction of a second by tests/helpers.py), with LayerNorms that are not the
    identity and BAAI's logit_scale, so that the notebooks' step-by-step checks still test something. Its scores are
    meaningless.
 """
@@ -146,11 +146,11 @@ def tiny_config(vocab_size: int) -> AltCLIPConfig:
 
 def tiny_random(why: str = "asked for"):
     """A tiny AltCLIP with seeded random weights and a small multilingual tokenizer trained on the fly."""
-    spec = importlib.util.spec_from_file_location("spm_fixture", ROOT / "tests" / "spm_fixture.py")
-    spm_fixture = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(spm_fixture)
+    spec = importlib.util.spec_from_file_location("test_helpers", ROOT / "tests" / "helpers.py")
+    helpers = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(helpers)
     with tempfile.TemporaryDirectory() as d:  # the tokenizer reads the model file once, at construction
-        tok = Tokenizer.from_pretrained(spm_fixture.train_sentencepiece(d).parent)
+        tok = Tokenizer.from_pretrained(helpers.train_sentencepiece(d).parent)
     torch.manual_seed(SEED)
     model = AltCLIP(tiny_config(tok.vocab_size)).eval()
     with torch.no_grad():  # the init leaves LayerNorm the identity, which would make every by-hand LayerNorm trivial

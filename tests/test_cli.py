@@ -20,7 +20,7 @@ from PIL import Image
 import altclip
 import cli
 from cli import main
-from checkpoints import tiny_model_folder, tiny_reference
+from helpers import tiny_model_folder, tiny_reference
 from altclip_kernels import onednn
 from tokenizer import Tokenizer
 
@@ -41,7 +41,7 @@ def reference(model_dir):
     """probs(images, texts) → (images, texts) softmax of the reference's logits_per_image."""
     from transformers import XLMRobertaTokenizer
 
-    from test_preprocess import reference_processor  # BAAI's preprocessor_config, not altclip's constants
+    from helpers import reference_processor  # BAAI's preprocessor_config, not altclip's constants
 
     model = tiny_reference(seed=0, vocab_size=Tokenizer.from_pretrained(model_dir).vocab_size)  # = the saved one
     tokenizer = XLMRobertaTokenizer.from_pretrained(model_dir)

@@ -17,7 +17,10 @@ OURS = sorted([p.stem for p in ROOT.glob("*.py")] + ["altclip_kernels", "altclip
 
 
 def top_level_names():
-    return sorted({p.stem for p in ROOT.glob("*.py")} | {p.parent.name for p in ROOT.glob("*/__init__.py")})
+    """Our import names: the repository root's modules and packages, and bench/'s scripts (bench/ is first on
+    sys.path when one of them runs, so a bench/kernels.py shadowed Hugging Face's package there)."""
+    return sorted({p.stem for p in ROOT.glob("*.py")} | {p.parent.name for p in ROOT.glob("*/__init__.py")}
+                  | {p.stem for p in ROOT.glob("bench/*.py")})
 
 
 def test_no_top_level_name_is_an_installed_package():
@@ -63,3 +66,13 @@ def test_cpu_command_line_imports_no_triton(tmp_path):
     modules = [line.rsplit("|", 1)[-1].strip() for line in proc.stderr.splitlines() if line.startswith("import time")]
     assert "altclip" in modules or "cli" in modules, "importtime output not understood"
     assert not [m for m in modules if m == "triton" or m.startswith("triton.")]
+
+
+def test_python_altclip_py_hands_over_to_cli_before_defining_anything():
+    """`python altclip.py` runs cli.main, which imports altclip.py as a module: the script itself must hand over
+    before it defines the model, or every definition in the file runs twice."""
+    code = ("import runpy, sys, cli\n"
+            "cli.main = lambda: 'AltCLIP' in sys._getframe(1).f_globals  # exit 1 if __main__ defined the model\n"
+            "runpy.run_path('altclip.py', run_name='__main__')\n")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:] or "altclip.py defined the model before handing over to cli.main"

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import load_weights
-from checkpoints import reference_state_dict, save_checkpoint, tiny_reference
+from helpers import reference_state_dict, save_checkpoint, tiny_reference
 from load_weights import CheckpointError, load_pretrained
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -329,8 +329,8 @@ def test_load_pretrained_fuses_a_zip_pickle_from_a_second_mapping(ref, tmp_path,
     weights = load_weights.resolve(folder)[1]
     calls, read = [], load_weights.read_tensors
 
-    def spy(path):
-        result = read(path)
+    def spy(path, *keep):
+        result = read(path, *keep)
         if Path(path) == weights:  # not the shards a sharded checkpoint's index reads on the way
             calls.append(Recording(result))
             return calls[-1]

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from altclip import AltCLIPConfig, TextConfig, VisionConfig, config_from_dict
-from checkpoints import save_checkpoint, tiny_reference
+from helpers import images, ragged_batch, save_checkpoint, tiny_reference
 from load_weights import load_pretrained
 
 F32 = dict(atol=1e-5, rtol=0)
@@ -20,21 +20,6 @@ def pair(tmp_path_factory):
     ref = tiny_reference()
     folder = save_checkpoint(ref, tmp_path_factory.mktemp("tiny"))
     return ref, load_pretrained(folder)
-
-
-def ragged_batch(lengths, total=None, vocab=1000, seed=0):
-    """Right-padded ids `<s> … </s> <pad>…` with the given real lengths (specials included)."""
-    g = torch.Generator().manual_seed(seed)
-    total = total or max(lengths)
-    ids = torch.ones(len(lengths), total, dtype=torch.long)  # 1 = <pad>
-    for row, n in enumerate(lengths):
-        ids[row, :n] = torch.randint(4, vocab, (n,), generator=g)
-        ids[row, 0], ids[row, n - 1] = 0, 2
-    return ids, (ids != 1).long()
-
-
-def images(n, h=224, w=224, seed=0):
-    return torch.randn(n, 3, h, w, generator=torch.Generator().manual_seed(seed))
 
 
 def run_both(pair, ids, mask, pixels, **kw):

@@ -12,9 +12,9 @@ import pytest
 import torch
 
 import altclip_kernels
-from checkpoints import save_checkpoint, tiny_reference
+from helpers import save_checkpoint, tiny_reference
 from load_weights import load_pretrained
-from test_model import images, ragged_batch
+from helpers import images, ragged_batch
 
 pytestmark = pytest.mark.skipif(not altclip_kernels.available()[0], reason=f"Triton cannot run: {altclip_kernels.available()[1]}")
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"

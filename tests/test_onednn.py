@@ -20,10 +20,10 @@ import torch.nn.functional as F
 
 import cli
 from altclip import quick_gelu
-from checkpoints import save_checkpoint, tiny_reference
+from helpers import save_checkpoint, tiny_reference
 from altclip_kernels import cpu, onednn
 from load_weights import load_pretrained
-from test_model import images, ragged_batch
+from helpers import images, ragged_batch
 
 # Against the float32 reference act(x Wᵀ + b). bfloat16: oneDNN accumulates in float32 and applies a fused activation
 # to the float32 accumulator, then rounds once to bfloat16, so the result is the float32 value rounded: within half a

@@ -11,24 +11,9 @@ import torch
 from PIL import Image, ImageOps
 
 from altclip import ImageError, load_image, preprocess
+from helpers import BAAI_MEAN, BAAI_STD, reference_processor
 
 ATOL = 1e-4  # the reference computes in float64 then float32; we compute in float32
-
-# BAAI/AltCLIP's preprocessor_config.json, copied here: never altclip's own CLIP_MEAN/CLIP_STD, or a wrong constant
-# there would be compared with itself. test_reference_statistics_are_openai_clips checks them against transformers.
-BAAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
-BAAI_STD = (0.26862954, 0.26130258, 0.27577711)
-
-
-def reference_processor():
-    """The reference CLIPImageProcessor (PIL backend) with BAAI/AltCLIP's preprocessor_config.json, written out."""
-    from transformers import CLIPImageProcessorPil
-
-    return CLIPImageProcessorPil(
-        do_resize=True, size={"shortest_edge": 224}, resample=3, do_center_crop=True, crop_size=224,
-        do_rescale=True, rescale_factor=1 / 255, do_normalize=True, image_mean=list(BAAI_MEAN),
-        image_std=list(BAAI_STD), do_convert_rgb=True)
-
 
 @pytest.fixture(scope="module")
 def reference():

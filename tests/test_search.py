@@ -25,7 +25,7 @@ from PIL import Image
 import altclip
 import cli
 import index
-from checkpoints import tiny_model_folder, tiny_reference
+from helpers import tiny_model_folder, tiny_reference
 from tokenizer import Tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,7 +45,7 @@ def reference(model_dir):
     """(texts(list) → (n, P), images(paths) → (n, P)): the reference's L2-normalised embeddings."""
     from transformers import XLMRobertaTokenizer
 
-    from test_preprocess import reference_processor  # BAAI's preprocessor_config, not altclip's constants
+    from helpers import reference_processor  # BAAI's preprocessor_config, not altclip's constants
 
     model = tiny_reference(seed=0, vocab_size=Tokenizer.from_pretrained(model_dir).vocab_size)  # = the saved one
     tokenizer = XLMRobertaTokenizer.from_pretrained(model_dir)

@@ -18,7 +18,7 @@ import torch
 import transformers
 
 import tokenizer
-from spm_fixture import corpus, train_sentencepiece
+from helpers import corpus, train_sentencepiece
 from tokenizer import GRAPHEME, JOINERS, MODEL_FILE, NOT_WHITE_SPACE, REPEAT, WHITESPACE, Tokenizer
 
 REPO = pathlib.Path(__file__).resolve().parents[1]

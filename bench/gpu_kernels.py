@@ -1,6 +1,6 @@
 """Benchmark the Triton kernels against PyTorch on a CUDA GPU; without one, check them on CPU and say so.
 
-    python bench/kernels.py
+    python bench/gpu_kernels.py
 
 Every kernel is first checked against its plain-torch reference (as llm.c's dev/cuda does before timing), then
 timed with triton.testing.do_bench (median of repeated runs, L2 flushed between them):
@@ -26,7 +26,6 @@ import platform
 import subprocess
 import sys
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ATTENTION_TOL = {"float32": (1e-5, 1e-5), "float16": (2e-3, 2e-3), "bfloat16": (2e-2, 2e-2)}
 LAYER_NORM_TOL = {"float32": (1e-5, 1e-5), "float16": (1e-3, 1e-3), "bfloat16": (1e-2, 1e-2)}
 
@@ -259,7 +258,7 @@ def main():
 
     if not torch.cuda.is_available():
         os.environ.setdefault("TRITON_INTERPRET", "1")  # must precede `import altclip_kernels` (the @triton.jit decorators)
-    sys.path.insert(0, REPO)
+    import common  # noqa: F401  (puts the repository on sys.path)
     import altclip_kernels
 
     ok, why = altclip_kernels.available()
