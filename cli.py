@@ -513,7 +513,8 @@ def load_text_side(args):
         warn(w.message)
     if args.verbose:
         say(f"{args.model}: text tower loaded alone in {time.perf_counter() - t0:.1f} s (every image is indexed): "
-            f"{args.dtype} on {args.device}, compute path: {model.path}")
+            f"{args.dtype} on {args.device}, compute path: {model.path}"
+            + (f" ({args.device_why})" if args.device_why else ""))
     return model, tokenizer
 
 

@@ -543,6 +543,14 @@ def test_combined_weighted_query_equals_the_formula(capsys, model_dir, api, fold
     assert sorted(ranked) == sorted(str(folder / n) for n in GOOD if n != "noise.png")  # the --like image left out
     torch.testing.assert_close(torch.tensor([r["score"] for r in result]),
                                torch.tensor(expected_scores(api, query, ranked)), atol=API_ATOL, rtol=0)
+    # Again with every image indexed: the texts go through the text side loaded alone, to the same scores.
+    os.remove(folder / "bad.jpg")  # (never indexed: it would be tried, with the whole model, every time)
+    code, again, err = search(capsys, model_dir, tmp_path / "i.sqlite", folder, "--search", "2:a photo of a cat",
+                              "--like", folder / "noise.png", "--not", "0.5:eine Tasse Kaffee", "--search",
+                              "一只猫的照片", "-v")
+    assert "text tower loaded alone" in err and [r["image"] for r in again] == ranked
+    torch.testing.assert_close(torch.tensor([r["score"] for r in again]), torch.tensor([r["score"] for r in result]),
+                               atol=1e-6, rtol=0)
     # The weights count: unweighted, the same terms rank by another query (a mix-up of the two would show).
     unweighted = t[0] + images([folder / "noise.png"])[0] - t[1] + t[2]
     assert max(abs(a - b) for a, b in zip(expected_scores(api, query, ranked),
