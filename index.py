@@ -11,7 +11,8 @@ weights themselves are never read: 3.5 GB). The file is its absolute path, size 
 (`file_signature`): a file whose size or time changed is embedded again.
 
 One SQLite file holds the embeddings of any number of models, a row per (model, image), so `--index FILE` names one
-thing and deleting that file clears everything. Rows are committed batch by batch as the images are embedded, so a
+thing and deleting that file clears everything. A row is dropped when its file is deleted (`forget_missing`); a file
+that a search leaves out but that still exists (hidden, excluded, in a folder it cannot read) keeps its row. Rows are committed batch by batch as the images are embedded, so a
 search that is killed keeps what it finished; SQLite's write-ahead log and a busy timeout let two searches share one
 index (each may embed an image the other is embedding too; the row is then written twice, identically). The file is
 marked as ours (PRAGMA application_id): a file that is not an SQLite database, or is another program's, is refused
