@@ -11,7 +11,8 @@ weights themselves are never read: 3.5 GB). The file is its absolute path, size 
 (`file_signature`): a file whose size or time changed is embedded again.
 
 One SQLite file holds the embeddings of any number of models, a row per (model, image), so `--index FILE` names one
-thing and deleting that file clears everything. Rows are committed batch by batch as the images are embedded, so a
+thing and deleting that file clears everything. A row is dropped when its file is deleted (`forget_missing`); a file
+that a search leaves out but that still exists (hidden, excluded, in a folder it cannot read) keeps its row. Rows are committed batch by batch as the images are embedded, so a
 search that is killed keeps what it finished; SQLite's write-ahead log and a busy timeout let two searches share one
 index (each may embed an image the other is embedding too; the row is then written twice, identically). The file is
 marked as ours (PRAGMA application_id): a file that is not an SQLite database, or is another program's, is refused
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import sqlite3
 from contextlib import contextmanager
 from pathlib import Path
@@ -84,6 +86,24 @@ def file_signature(path: str) -> tuple[int, int] | None:
     except OSError:
         return None
     return st.st_size, st.st_mtime_ns
+
+
+def _deleted(text: str) -> bool:
+    """Whether a stored path (as _text wrote it) names no file now. A file that cannot be reached for another reason
+    (a folder without permission, a disk that is not mounted) is not known to be deleted."""
+    candidates = [text]
+    if "\\x" in text:  # maybe a name that is not UTF-8: its odd bytes back as they were
+        raw = re.sub(rb"\\x([0-9a-f]{2})", lambda m: bytes([int(m[1], 16)]), text.encode("utf-8"))
+        candidates.append(os.fsdecode(raw))
+    for path in candidates:
+        try:
+            os.stat(path)
+            return False
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        except OSError:
+            return False
+    return True
 
 
 class EmbeddingIndex:
@@ -169,16 +189,19 @@ class EmbeddingIndex:
                                 [(self.model, _text(path), size, mtime, np.asarray(v, dtype=np.float32).tobytes())
                                  for path, (size, mtime), v in rows])
 
-    def forget_missing(self, folder: str, recursive: bool, present: set[str]):
+    def forget_missing(self, folder: str, recursive: bool, present: set[str]) -> list[str]:
         """Drop the rows, of every model, of files in `folder` (and its subfolders if `recursive`) that are not in
-        `present` (the folder's image files now): a deleted file's embedding is never kept."""
+        `present` (the folder's image files now) and no longer exist: a deleted file's embedding is never kept, while
+        a file left out of this listing (hidden, excluded) keeps its own. Returns the paths dropped."""
         folder, present = _text(folder), {_text(p) for p in present}
         prefix = os.path.join(folder, "")
         with self._errors("cannot write"), self._transaction():
             paths = [p for (p,) in self.db.execute("SELECT DISTINCT path FROM embeddings WHERE substr(path, 1, ?) = ?",
                                                    (len(prefix), prefix))]
-            gone = [p for p in paths if p not in present and (recursive or os.path.dirname(p) == folder)]
+            gone = [p for p in paths if p not in present and (recursive or os.path.dirname(p) == folder)
+                    and _deleted(p)]
             self.db.executemany("DELETE FROM embeddings WHERE path = ?", [(p,) for p in gone])
+        return gone
 
     def __len__(self):
         with self._errors("cannot read"):

@@ -127,3 +127,26 @@ def test_file_signature(tmp_path):
     st = os.stat(f)
     assert file_signature(str(f)) == (5, st.st_mtime_ns)
     assert file_signature(str(tmp_path / "missing.jpg")) is None
+
+
+def test_forget_missing_keeps_files_that_still_exist(tmp_path, monkeypatch):
+    """A file left out of a listing (hidden, excluded) but still on disk keeps its embedding; a deleted one is dropped
+    and returned; a file that cannot be reached (no permission) is not known to be deleted."""
+    d = tmp_path / "p"
+    (d / "locked").mkdir(parents=True)
+    odd = os.fsdecode(b"caf\xe9.jpg")  # a name that is not UTF-8: stored with \\xNN, found again on disk
+    for name in ("kept.jpg", "gone.jpg", odd, "locked/x.jpg"):
+        (d / name).write_bytes(b"x")
+    db = EmbeddingIndex(tmp_path / "i.sqlite", "m")
+    db.add([(str(d / name), (1, 1), vec(k)) for k, name in enumerate(("kept.jpg", "gone.jpg", odd, "locked/x.jpg"))])
+    os.remove(d / "gone.jpg")
+    stat = os.stat
+
+    def refusing(path, *args, **kwargs):
+        if os.fspath(path).startswith(str(d / "locked")):
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return stat(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "stat", refusing)  # root reads any folder, so the refusal is simulated
+    assert db.forget_missing(str(d), recursive=True, present=set()) == [str(d / "gone.jpg")]
+    assert len(db) == 3

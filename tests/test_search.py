@@ -492,12 +492,473 @@ def test_missing_model_is_one_line(capsys, folder, tmp_path):
 @pytest.mark.parametrize("argv, message", [
     (["--search", "cat", "a dog"], "--search ranks images by one query and takes no labels: drop 'a dog'"),
     (["--like", str(CAT), "--labels-file", "x"], "--like ranks images by one query and takes no labels"),
-    (["--search", "cat", "--like", str(CAT)], "argument --like: not allowed with argument --search"),
     (["--search", "  "], "--search: the query is empty"),
-    (["a cat", "a dog", "--index", "i.sqlite"], "--index is the embedding index of --search and --like"),
+    (["a cat", "a dog", "--index", "i.sqlite"], "--index is the embedding index of --search, --like and --update"),
 ])
 def test_usage_errors(capsys, argv, message):
     with pytest.raises(SystemExit) as e:
         cli.main([str(CAT.parent), *argv])
     out, err = capsys.readouterr()
     assert e.value.code == 2 and out == "" and message in err.strip().splitlines()[-1], err
+
+
+# -----------------------------------------------------------------------------
+# Combined queries: --search, --like and --not, repeated, mixed and weighted. Expected scores come from the Python API
+# (load_pretrained + altclip.preprocess + Tokenizer), the formula written out: Σ w·unit(term), --not subtracted.
+
+API_ATOL = 1e-5  # cosines, float32, the command line against the Python API on the same checkpoint
+
+
+@pytest.fixture(scope="session")
+def api(model_dir):
+    """(texts(list) → (n, P), images(paths) → (n, P)): L2-normalised embeddings through the Python API."""
+    from load_weights import load_pretrained
+
+    model, tokenizer = load_pretrained(model_dir), Tokenizer.from_pretrained(model_dir)
+
+    def texts(queries):
+        tokens = tokenizer(queries)
+        with torch.inference_mode():
+            return F.normalize(model.get_text_features(tokens["input_ids"], tokens["attention_mask"]), dim=-1)
+
+    def images(paths):
+        with torch.inference_mode():
+            return F.normalize(model.get_image_features(altclip.preprocess([str(p) for p in paths])), dim=-1)
+
+    return texts, images
+
+
+def expected_scores(api, query, paths):
+    return (api[1](paths) @ F.normalize(query, dim=-1)).tolist()
+
+
+def test_combined_weighted_query_equals_the_formula(capsys, model_dir, api, folder, tmp_path):
+    texts, images = api
+    code, result, _ = search(capsys, model_dir, tmp_path / "i.sqlite", folder, "--search", "2:a photo of a cat",
+                             "--like", folder / "noise.png", "--not", "0.5:eine Tasse Kaffee", "--search",
+                             "一只猫的照片")
+    t = texts(["a photo of a cat", "eine Tasse Kaffee", "一只猫的照片"])
+    query = 2 * t[0] + images([folder / "noise.png"])[0] - 0.5 * t[1] + t[2]
+    ranked = [r["image"] for r in result]
+    assert sorted(ranked) == sorted(str(folder / n) for n in GOOD if n != "noise.png")  # the --like image left out
+    torch.testing.assert_close(torch.tensor([r["score"] for r in result]),
+                               torch.tensor(expected_scores(api, query, ranked)), atol=API_ATOL, rtol=0)
+    # Again with every image indexed: the texts go through the text side loaded alone, to the same scores.
+    os.remove(folder / "bad.jpg")  # (never indexed: it would be tried, with the whole model, every time)
+    code, again, err = search(capsys, model_dir, tmp_path / "i.sqlite", folder, "--search", "2:a photo of a cat",
+                              "--like", folder / "noise.png", "--not", "0.5:eine Tasse Kaffee", "--search",
+                              "一只猫的照片", "-v")
+    assert "text tower loaded alone" in err and [r["image"] for r in again] == ranked
+    torch.testing.assert_close(torch.tensor([r["score"] for r in again]), torch.tensor([r["score"] for r in result]),
+                               atol=1e-6, rtol=0)
+    # The weights count: unweighted, the same terms rank by another query (a mix-up of the two would show).
+    unweighted = t[0] + images([folder / "noise.png"])[0] - t[1] + t[2]
+    assert max(abs(a - b) for a, b in zip(expected_scores(api, query, ranked),
+                                          expected_scores(api, unweighted, ranked))) > 0.01
+
+
+def test_several_like_images_are_all_left_out(capsys, model_dir, api, folder, tmp_path):
+    _, images = api
+    code, result, _ = search(capsys, model_dir, tmp_path / "i.sqlite", folder, "--like", folder / "cat.jpg",
+                             "--like", "3:" + str(folder / "gradient.bmp"), "--template", "a photo of {}")
+    ranked = [r["image"] for r in result]
+    assert sorted(ranked) == sorted(str(folder / n) for n in ("coffee.JPEG", "noise.png", "wide.gif"))
+    query = images([folder / "cat.jpg"])[0] + 3 * images([folder / "gradient.bmp"])[0]
+    torch.testing.assert_close(torch.tensor([r["score"] for r in result]),
+                               torch.tensor(expected_scores(api, query, ranked)), atol=API_ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("given, text", [
+    ("note: a cat", "note: a cat"),  # a colon inside a text: the text as it is
+    ("1:3D: a cube", "3D: a cube"),  # a text that starts like a weight, given its own weight
+    ("0.5:a cat", "a cat"),
+])
+def test_a_colon_inside_a_text_stays_text(capsys, model_dir, api, folder, tmp_path, given, text):
+    texts, _ = api
+    code, result, _ = search(capsys, model_dir, tmp_path / "i.sqlite", folder, "--search", given, "--template",
+                             "a photo: {}")
+    ranked = [r["image"] for r in result]
+    torch.testing.assert_close(torch.tensor([r["score"] for r in result]),
+                               torch.tensor(expected_scores(api, texts([f"a photo: {text}"])[0], ranked)),
+                               atol=API_ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--search", "3D:a cube"], "--search '3D:a cube': '3D' is not a weight; W:TEXT takes a number, as in 2:… or "
+                                "0.5:… (to take the whole of it as is, weigh it: '1:3D:a cube')"),
+    (["--search", "1,5:a cat"], "'1,5' is not a weight"),
+    (["--like", "2x:cat.jpg"], "--like 2x:cat.jpg: '2x' is not a weight; W:IMAGE takes a number"),
+    (["--search", "-1:a cat"], "--search '-1:a cat': the weight must be a positive number (to subtract a text, use --not)"),
+    (["--search", "a", "--not", "0:a cat"], "--not '0:a cat': the weight must be a positive number"),
+    (["--search", "1e999:a cat"], "the weight must be a positive number"),
+    (["--search", "2:  "], "--search '2:  ': nothing after the weight 2:"),
+    (["--not", "a dog"], "--not subtracts from a query: give --search TEXT or --like IMAGE too"),
+    (["--search", "a cat", "--json", "--paths"], "argument --paths: not allowed with argument --json"),
+    (["a cat", "a dog", "--paths"], "--paths prints the images a search ranks; classification prints labels"),
+])
+def test_query_usage_errors(capsys, argv, message):
+    with pytest.raises(SystemExit) as e:
+        cli.main([str(CAT.parent), *argv])
+    out, err = capsys.readouterr()
+    assert e.value.code == 2 and out == "" and message in err.strip().splitlines()[-1], err
+
+
+def test_like_file_that_is_not_an_image_is_one_line(capsys, model_dir, folder, tmp_path, counted):
+    err = one_error_line(*run(capsys, folder, "--search", "a cat", "--like", folder / "notes.txt", "--model",
+                              model_dir, "--index", tmp_path / "i"))
+    assert err == bad_line(folder / "notes.txt") and counted == []  # refused before the model loads
+    err = one_error_line(*run(capsys, folder, "--like", folder / "missing.jpg", "--model", model_dir))
+    assert err == f"altclip.py: error: cannot open image '{folder / 'missing.jpg'}': No such file or directory"
+
+
+def test_terms_that_cancel_out_are_one_line(capsys, model_dir, tmp_path):
+    err = one_error_line(*run(capsys, many_images(tmp_path / "photos", 2), "--search", "2:a cat", "--not", "2:a cat", "--model", model_dir,
+                              "--index", tmp_path / "i"))
+    assert err == "altclip.py: error: the query has no direction left: --search '2:a cat' --not '2:a cat' cancel out"
+
+
+def test_folder_of_unreadable_images_ranks_nothing(capsys, model_dir, folder, tmp_path):
+    for name in GOOD:
+        os.remove(folder / name)
+    code, out, err = run(capsys, folder, "--search", "a cat", "--not", "a dog", "--model", model_dir, "--index",
+                         tmp_path / "i")
+    assert (code, out, err) == (1, "", bad_line(folder / "bad.jpg") + "\n")
+
+
+def test_paths_output_is_the_ranking(capsys, model_dir, folder, tmp_path):
+    db = tmp_path / "i.sqlite"
+    _, result, _ = search(capsys, model_dir, db, folder, "--search", "a cat", "--not", "a dog")
+    code, out, err = run(capsys, folder, "--search", "a cat", "--not", "a dog", "--paths", "--model", model_dir,
+                         "--index", db)
+    assert code == 1 and err.splitlines() == [bad_line(folder / "bad.jpg")]
+    assert out.splitlines() == [r["image"] for r in result] and out.endswith("\n")
+    code, out, _ = run(capsys, folder, "--search", "a cat", "--not", "a dog", "--paths", "--top-k", "2", "--model",
+                       model_dir, "--index", db)
+    assert out.splitlines() == [r["image"] for r in result[:2]]
+
+
+# -----------------------------------------------------------------------------
+# Hidden names and --exclude.
+
+
+@pytest.fixture
+def tree(tmp_path):
+    """a.jpg, .hidden.jpg, .cache/c.jpg, sub/b.png, sub/.d.jpg, sub/thumbs/t.jpg, other/e.jpg"""
+    d = tmp_path / "tree"
+    for rel, src in [("a.jpg", CAT), (".hidden.jpg", COFFEE), (".cache/c.jpg", CAT), ("sub/b.png", COFFEE),
+                     ("sub/.d.jpg", CAT), ("sub/thumbs/t.jpg", COFFEE), ("other/e.jpg", CAT)]:
+        (d / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(src, d / rel)
+    return d
+
+
+def ranked_names(capsys, model_dir, db, d, *argv):
+    code, result, err = search(capsys, model_dir, db, d, "--search", "a cat", *argv)
+    return code, sorted(os.path.relpath(r["image"], d) for r in result), err
+
+
+def test_hidden_files_and_folders_are_skipped_unless_hidden(capsys, model_dir, api, tree, tmp_path):
+    db = tmp_path / "i.sqlite"
+    assert ranked_names(capsys, model_dir, db, tree, "-r")[:2] == \
+        (0, ["a.jpg", "other/e.jpg", "sub/b.png", "sub/thumbs/t.jpg"])
+    assert ranked_names(capsys, model_dir, db, tree)[:2] == (0, ["a.jpg"])
+    code, names, _ = ranked_names(capsys, model_dir, db, tree, "-r", "--hidden")
+    assert names == [".cache/c.jpg", ".hidden.jpg", "a.jpg", "other/e.jpg", "sub/.d.jpg", "sub/b.png",
+                     "sub/thumbs/t.jpg"]
+    assert ranked_names(capsys, model_dir, db, tree, "--hidden")[1] == [".hidden.jpg", "a.jpg"]
+    # The scores of hidden files are the Python API's too.
+    code, result, _ = search(capsys, model_dir, db, tree / "sub", "--search", "a cat", "--hidden")
+    texts, _ = api
+    torch.testing.assert_close(torch.tensor([r["score"] for r in result]),
+                               torch.tensor(expected_scores(api, texts(["a cat"])[0], [r["image"] for r in result])),
+                               atol=API_ATOL, rtol=0)
+
+
+def test_exclude_drops_files_and_does_not_enter_folders(capsys, model_dir, tree, tmp_path, monkeypatch):
+    db = tmp_path / "i.sqlite"
+    assert ranked_names(capsys, model_dir, db, tree, "-r", "--exclude", "*.png")[1] == \
+        ["a.jpg", "other/e.jpg", "sub/thumbs/t.jpg"]
+    assert ranked_names(capsys, model_dir, db, tree, "-r", "--exclude", "*/thumbs", "--exclude", "other")[1] == \
+        ["a.jpg", "sub/b.png"]
+    assert ranked_names(capsys, model_dir, db, tree, "--exclude", "a.*", "--hidden")[1] == [".hidden.jpg"]
+    # A folder that matches is not entered at all: one that would refuse to be read is not even named.
+    scandir = os.scandir
+
+    def refusing(path="."):
+        if os.fspath(path) == str(tree / "sub" / "thumbs"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return scandir(path)
+
+    monkeypatch.setattr(os, "scandir", refusing)
+    code, names, err = ranked_names(capsys, model_dir, db, tree, "-r", "--exclude", "sub/th*")
+    assert code == 0 and err == "" and names == ["a.jpg", "other/e.jpg", "sub/b.png"]
+    code, names, err = ranked_names(capsys, model_dir, db, tree, "-r")
+    assert code == 1 and "cannot read folder" in err  # the refusal is real when the folder is entered
+
+
+def test_exclude_that_matches_everything_is_one_line(capsys, model_dir, tree, tmp_path, counted):
+    err = one_error_line(*run(capsys, tree, "--search", "a cat", "-r", "--exclude", "*", "--model", model_dir,
+                              "--index", tmp_path / "i"))
+    assert err == (f"altclip.py: error: folder '{tree}' holds no image files ({' '.join(cli.IMAGE_EXTENSIONS)}); "
+                   f"--exclude '*' left out 3 file(s) and folder(s) of it")
+    (tmp_path / "only hidden").mkdir()
+    shutil.copy(CAT, tmp_path / "only hidden" / ".x.jpg")
+    err = one_error_line(*run(capsys, tmp_path / "only hidden", "--search", "a cat", "--model", model_dir))
+    assert err.endswith("; 1 hidden file(s) and folder(s) (names starting with \".\"), which --hidden takes")
+    assert counted == []
+
+
+def test_excluded_and_hidden_files_keep_their_embeddings(capsys, model_dir, tree, tmp_path, counted):
+    db = tmp_path / "i.sqlite"
+    search(capsys, model_dir, db, tree, "--search", "a cat", "-r", "--hidden")
+    assert len(rows(db)) == 7
+    search(capsys, model_dir, db, tree, "--search", "a cat", "-r", "--exclude", "sub")
+    assert len(rows(db)) == 7  # left out of this search, not deleted: kept
+    os.remove(tree / "sub" / "b.png")
+    search(capsys, model_dir, db, tree, "--search", "a cat", "-r")
+    assert sorted(rows(db)) == sorted(str(tree / n) for n in [".cache/c.jpg", ".hidden.jpg", "a.jpg", "other/e.jpg",
+                                                             "sub/.d.jpg", "sub/thumbs/t.jpg"])
+
+
+# -----------------------------------------------------------------------------
+# --update: the index brought up to date, nothing ranked.
+
+
+def update(capsys, model_dir, db, d, *argv):
+    code, out, err = run(capsys, d, "--update", "--model", model_dir, "--index", db, *argv)
+    assert "Traceback" not in err
+    return code, out, err
+
+
+def test_update_embeds_new_and_changed_and_forgets_deleted(capsys, model_dir, api, folder, tmp_path, counted):
+    db = tmp_path / "i.sqlite"
+    code, out, err = update(capsys, model_dir, db, folder)
+    assert code == 1 and out == f"{folder}: 5 embedded, 0 unchanged, 0 removed, 1 unreadable\n"
+    assert err.splitlines() == [bad_line(folder / "bad.jpg")]
+    stored = rows(db)
+    assert sorted(stored) == sorted(str(folder / n) for n in GOOD)
+    _, images = api
+    torch.testing.assert_close(F.normalize(torch.from_numpy(np.stack([stored[str(folder / n)][2] for n in GOOD])),
+                                           dim=-1), images([folder / n for n in GOOD]), atol=API_ATOL, rtol=0)
+    os.remove(folder / "bad.jpg")
+    shutil.copy(CAT, folder / "coffee.JPEG")  # changed
+    os.remove(folder / "noise.png")  # deleted
+    shutil.copy(COFFEE, folder / "new.jpg")  # new
+    counted.clear()
+    code, out, err = update(capsys, model_dir, db, folder, "-r")
+    assert (code, out, err) == (0, f"{folder}: 3 embedded, 3 unchanged, 1 removed, 0 unreadable\n", "")
+    assert sum(counted) == 3  # coffee.JPEG, new.jpg and sub/nested.jpg
+    counted.clear()
+    code, result, _ = search(capsys, model_dir, db, folder, "--search", "a cat", "-r")
+    assert counted == [] and len(result) == 6  # the search finds everything in the index
+
+
+def test_update_with_nothing_new_loads_no_model(capsys, model_dir, tmp_path, monkeypatch):
+    photos, db = many_images(tmp_path / "photos", 3), tmp_path / "i.sqlite"
+    update(capsys, model_dir, db, photos)
+
+    def no_model(*args):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(cli, "load_model", no_model)
+    assert update(capsys, model_dir, db, photos) == (0, f"{photos}: 0 embedded, 3 unchanged, 0 removed, 0 unreadable\n",
+                                                     "")
+
+
+def test_update_on_an_empty_folder_changes_nothing(capsys, model_dir, tmp_path):
+    photos, db = many_images(tmp_path / "photos", 3), tmp_path / "i.sqlite"
+    update(capsys, model_dir, db, photos)
+    for f in photos.iterdir():  # as if the drive it lives on were not mounted
+        f.rename(tmp_path / f.name)
+    err = one_error_line(*update(capsys, model_dir, db, photos))
+    assert err == (f"altclip.py: error: folder '{photos}' holds no image files ({' '.join(cli.IMAGE_EXTENSIONS)}); "
+                   f"--update changed nothing in the index")
+    assert len(rows(db)) == 3
+    (tmp_path / "empty").mkdir()
+    assert one_error_line(*update(capsys, model_dir, tmp_path / "fresh.sqlite", tmp_path / "empty")).endswith(
+        "--update changed nothing in the index")
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--search", "a cat"], "--update embeds the folder's images into the index and ranks nothing: drop "
+                            "--search/--like/--not"),
+    (["a cat"], "ranks nothing: drop a LABEL"),
+    (["--json"], "ranks nothing: drop --json"),
+    (["--paths"], "ranks nothing: drop --paths"),
+    (["--top-k", "3"], "ranks nothing: drop --top-k"),
+])
+def test_update_usage_errors(capsys, argv, message):
+    with pytest.raises(SystemExit) as e:
+        cli.main([str(CAT.parent), "--update", *argv])
+    assert e.value.code == 2 and capsys.readouterr().err.strip().splitlines()[-1].endswith(message)
+    with pytest.raises(SystemExit) as e:
+        cli.main([str(CAT), "--update"])
+    assert capsys.readouterr().err.strip().splitlines()[-1].endswith(f"--update takes a folder; '{CAT}' is not one")
+
+
+@pytest.mark.slow  # two processes that each import torch: ~10-30 s on 2 busy cores
+def test_update_beside_a_search_on_one_index(capsys, model_dir, tmp_path, counted):
+    photos, db, barrier = many_images(tmp_path / "photos", 12), tmp_path / "i.sqlite", tmp_path / "barrier"
+    barrier.mkdir()
+    common = ["--model", model_dir, "--index", db, "--batch-size", "1"]
+    procs = [wrapped([photos, "--search", "a cat", "--json", *common], BARRIER=str(barrier)),
+             wrapped([photos, "--update", *common], BARRIER=str(barrier))]
+    outs = [p.communicate(timeout=180) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [err for _, err in outs]
+    assert len(os.listdir(barrier)) == 2  # both were embedding at the same time
+    assert len(json.loads(outs[0][0])) == 12
+    assert re.fullmatch(rf"{re.escape(str(photos))}: \d+ embedded, \d+ unchanged, 0 removed, 0 unreadable\n", outs[1][0])
+    with sqlite3.connect(db) as con:
+        assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    assert sorted(rows(db)) == [str(photos / f"img{k:02d}.png") for k in range(12)]
+    code, out, _ = update(capsys, model_dir, db, photos)
+    assert out.endswith(": 0 embedded, 12 unchanged, 0 removed, 0 unreadable\n") and counted == []
+
+
+# -----------------------------------------------------------------------------
+# HEIC/HEIF through the optional pillow-heif.
+
+
+@pytest.fixture
+def without_pillow_heif(monkeypatch):
+    monkeypatch.setitem(sys.modules, "pillow_heif", None)  # `import pillow_heif` raises ImportError
+    cli.heif_ready.cache_clear()
+    yield
+    cli.heif_ready.cache_clear()
+
+
+@pytest.fixture
+def fake_pillow_heif(monkeypatch):
+    """pillow-heif as if installed: the .heic files of these tests hold PNG data, which Pillow reads by its content
+    once the (fake) opener is registered."""
+    import types
+    registered = []
+    monkeypatch.setitem(sys.modules, "pillow_heif",
+                        types.SimpleNamespace(register_heif_opener=lambda: registered.append(True)))
+    cli.heif_ready.cache_clear()
+    yield registered
+    cli.heif_ready.cache_clear()
+
+
+def heic_folder(d: Path) -> Path:
+    d.mkdir()
+    shutil.copy(CAT, d / "cat.jpg")
+    rng = np.random.default_rng(3)
+    for name in ("phone1.HEIC", "phone2.heif"):
+        Image.fromarray(rng.integers(0, 256, (60, 80, 3), dtype=np.uint8)).save(d / name, format="PNG")
+    return d
+
+
+def test_heic_without_pillow_heif_is_named_once_and_skipped(capsys, model_dir, tmp_path, without_pillow_heif,
+                                                            counted):
+    d = heic_folder(tmp_path / "phone")
+    code, result, err = search(capsys, model_dir, tmp_path / "i.sqlite", d, "--search", "a cat")
+    hint = "HEIC/HEIF photos need pillow-heif: pip install pillow-heif"
+    assert code == 1 and [r["image"] for r in result] == [str(d / "cat.jpg")] and sum(counted) == 1
+    assert err.splitlines() == [f"altclip.py: error: cannot open image '{d / n}': {hint}"
+                                for n in ("phone1.HEIC", "phone2.heif")]
+    err = one_error_line(*run(capsys, d, "--like", d / "phone1.HEIC", "--model", model_dir, "--index",
+                              tmp_path / "i.sqlite"))
+    assert err == f"altclip.py: error: cannot open image '{d / 'phone1.HEIC'}': {hint}"
+
+
+def test_heic_with_pillow_heif_is_answered(capsys, model_dir, api, tmp_path, fake_pillow_heif):
+    d = heic_folder(tmp_path / "phone")
+    code, result, err = search(capsys, model_dir, tmp_path / "i.sqlite", d, "--search", "a cat")
+    assert (code, err) == (0, "") and fake_pillow_heif == [True]  # registered once
+    ranked = [r["image"] for r in result]
+    assert sorted(ranked) == [str(d / n) for n in ("cat.jpg", "phone1.HEIC", "phone2.heif")]
+    torch.testing.assert_close(torch.tensor([r["score"] for r in result]),
+                               torch.tensor(expected_scores(api, api[0](["a cat"])[0], ranked)), atol=API_ATOL, rtol=0)
+
+
+def test_real_heic_file(capsys, model_dir, api, tmp_path):
+    pillow_heif = pytest.importorskip("pillow_heif")  # optional: pip install pillow-heif
+    cli.heif_ready.cache_clear()
+    d = tmp_path / "phone"
+    d.mkdir()
+    pixels = np.random.default_rng(4).integers(0, 256, (64, 96, 3), dtype=np.uint8)
+    pillow_heif.from_bytes(mode="RGB", size=(96, 64), data=pixels.tobytes()).save(d / "photo.heic", quality=90)
+    shutil.copy(CAT, d / "cat.jpg")
+    code, result, err = search(capsys, model_dir, tmp_path / "i.sqlite", d, "--search", "a cat")
+    assert (code, err) == (0, "") and len(result) == 2
+    pillow_heif.register_heif_opener()
+    ranked = [r["image"] for r in result]
+    torch.testing.assert_close(torch.tensor([r["score"] for r in result]),
+                               torch.tensor(expected_scores(api, api[0](["a cat"])[0], ranked)), atol=API_ATOL, rtol=0)
+
+
+# -----------------------------------------------------------------------------
+# Decoding ahead of the model, in threads, in order, bounded; the pixels are preprocess's, bit for bit.
+
+
+def test_decode_ahead_is_in_order_bounded_and_threaded():
+    import threading
+    import time as clock
+    finished, consumed, waiting, threads = [], [0], [], set()
+
+    def decode(path, size):  # faster than the caller: without a bound, decoded images would pile up
+        threads.add(threading.current_thread().name)
+        clock.sleep(0.0005 * (path % 3))  # out-of-order finishing
+        finished.append(path)
+        if path % 7 == 3:
+            raise altclip.ImageError(f"cannot open image '{path}': broken")
+        return torch.full((1, 3, 2, 2), float(path))
+
+    paths = list(range(200))
+    for k, (path, pixels, message) in enumerate(cli.decode_ahead(paths, 2, workers=3, ahead=8, decoder=decode)):
+        assert path == k  # in the order given
+        assert (pixels is None) == (k % 7 == 3) and (message is None) != (pixels is None)
+        assert pixels is None or pixels[0, 0, 0, 0].item() == k
+        clock.sleep(0.002)  # a slow model
+        waiting.append(len(finished) - consumed[0])
+        consumed[0] += 1
+    assert max(waiting) <= 9  # never more than `ahead` decoded beyond the one the caller holds
+    assert max(waiting) >= 5  # (and they did run ahead)
+    assert threading.current_thread().name not in threads and len(threads) > 1
+    # Stopped early (Ctrl-C): the queued decodes are dropped.
+    finished.clear()
+    gen = cli.decode_ahead(list(range(1000)), 2, workers=2, ahead=8, decoder=decode)
+    for _ in range(3):
+        next(gen)
+    gen.close()
+    clock.sleep(0.1)
+    assert len(finished) <= 3 + 8 + 2
+
+
+def test_decoded_pixels_are_preprocess_exactly(folder, tmp_path):
+    from test_preprocess import jpeg_with_orientation
+
+    # Large enough (≥ 2 × 224 on each side) that a JPEG decoder's shortcut (decoding at 1/2 or 1/4 scale) would apply.
+    rotated, big = tmp_path / "rotated.jpg", tmp_path / "big.jpg"
+    jpeg_with_orientation(rotated, np.random.default_rng(5).integers(0, 256, (500, 700, 3), dtype=np.uint8), 6)
+    Image.open(CAT).resize((1200, 800), Image.BICUBIC).save(big, quality=90)
+    paths = [str(folder / n) for n in GOOD] + [str(rotated), str(big)]
+    decoded = list(cli.decode_ahead(paths, 224, workers=4, ahead=3))
+    assert [p for p, _, _ in decoded] == paths
+    for path, pixels, _ in decoded:
+        assert torch.equal(pixels, altclip.preprocess(path)), path
+
+
+# -----------------------------------------------------------------------------
+# --device auto.
+
+
+def test_device_auto_prefers_cuda_then_mps_then_cpu(monkeypatch):
+    import types
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert cli.auto_device()[0] == "cuda"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends, "mps", types.SimpleNamespace(is_available=lambda: True))
+    assert cli.auto_device()[0] == "mps"
+    monkeypatch.setattr(torch.backends, "mps", types.SimpleNamespace(is_available=lambda: False))
+    assert cli.auto_device() == ("cpu", "--device auto: torch sees no CUDA or MPS device")
+
+
+def test_device_auto_is_the_default_and_verbose_says_which_ran(capsys, model_dir, tmp_path):
+    code, _, err = run(capsys, CAT, "--search", "a cat", "--model", model_dir, "--index", tmp_path / "i", "-v")
+    device, why = cli.auto_device()
+    assert code == 0 and f"float32 on {device}" in err and why in err
+    code, _, err = run(capsys, CAT, "--search", "a dog", "--model", model_dir, "--index", tmp_path / "j", "-v",
+                       "--device", "cpu")
+    assert "float32 on cpu" in err and "--device auto" not in err
