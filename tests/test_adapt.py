@@ -22,7 +22,7 @@ import cli
 import shapes
 import train
 from altclip import preprocess
-from checkpoints import tiny_model_folder
+from helpers import tiny_model_folder
 from load_weights import load_pretrained
 from tokenizer import Tokenizer
 
@@ -33,7 +33,7 @@ QUICK = ["--steps", "3", "--batch-size", "4", "--anchors", "4", "--precision", "
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    """A tiny random AltCLIP checkpoint with a small multilingual tokenizer (tests/checkpoints.py)."""
+    """A tiny random AltCLIP checkpoint with a small multilingual tokenizer (tests/helpers.py)."""
     return tiny_model_folder(tmp_path_factory.mktemp("tiny"), seed=3)
 
 
