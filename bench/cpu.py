@@ -13,11 +13,12 @@ Steps, all in one process except the main-job runs:
    peak of the machine is timed in the same rounds as the image tower (torch.mm at its fc1 shape, 1028×1024 @
    1024×4096), so that both see the same machine: the image tower's GFLOP/s (FLOPs counted analytically) is
    reported as a fraction of it;
+   then int8 (`--dtypes … int8`): the reference in float32 against ours with `load_pretrained(..., dtype="int8")`
+   (altclip_kernels/int8.py), interleaved the same way; the int8 embeddings' cosine to the reference's float32 ones;
+   the seconds of load_pretrained and the peak RSS of it plus one image and two texts, float32 against int8, each in
+   a fresh process;
 3. the main job as a whole process, `python altclip.py IMAGE "a cat" "a dog" --model DIR` against
    bench/reference_job.py, alternating, after one unmeasured run of each (warm file cache): wall time and peak RSS;
-   int8 (`--dtypes … int8`): the reference in float32 against ours with `load_pretrained(..., dtype="int8")`
-   (altclip_kernels/int8.py), interleaved the same way; the int8 embeddings' cosine to the reference's float32 ones;
-   the seconds and the peak RSS of load_pretrained alone, float32 against int8, each in a fresh process;
 4. the folder job: `python altclip.py FOLDER ...` on 17 images, float32 with the defaults (--onednn auto, which
    packs or not by CPU class) against --onednn off, alternating; then bfloat16 once (answered? warnings?);
 5. one markdown table with the machine, torch and thread settings, printed and written to bench/out/cpu.md
@@ -163,13 +164,19 @@ def throughput(folder: Path, repeats: int, warmup: int, dtypes: list[str]) -> di
     return res
 
 
+# load_pretrained, then one image and two texts embedded: weights are memory-mapped and read on first use, so the
+# peak RSS of a load alone would count only what loading touches (all of it for int8, which calibrates).
 LOAD_SCRIPT = """
 import sys, time
 sys.path.insert(0, sys.argv[1])
+import torch
 from load_weights import load_pretrained
 t0 = time.perf_counter()
-load_pretrained(sys.argv[2], dtype=sys.argv[3] if sys.argv[3] == "int8" else getattr(__import__("torch"), sys.argv[3]))
+model = load_pretrained(sys.argv[2], dtype=sys.argv[3] if sys.argv[3] == "int8" else getattr(torch, sys.argv[3]))
 print(time.perf_counter() - t0)
+with torch.inference_mode():
+    model.get_image_features(torch.randn(1, 3, 224, 224))
+    model.get_text_features(torch.tensor([[0, 100, 200, 2], [0, 300, 2, 1]]), torch.tensor([[1, 1, 1, 1], [1, 1, 1, 0]]))
 """
 
 
@@ -204,7 +211,7 @@ def int8_throughput(folder: Path, repeats: int, warmup: int, env: dict) -> dict:
         log("  " + what + ": " + ", ".join(f"{i} {statistics.median(t):.3f} s" for i, t in res[what].items()))
     del models
     gc.collect()
-    log("[int8] load_pretrained alone, float32 and int8 alternating, each in a fresh process ...")
+    log("[int8] load_pretrained, then one image and two texts, float32 and int8 alternating, each in a fresh process ...")
     res["load"] = {"float32": [], "int8": []}
     for _ in range(2):
         for dtype in res["load"]:
@@ -370,10 +377,10 @@ def table(info: dict, res: dict, args) -> str:
             row(f"{kind} embeddings, int8: cosine to the reference's float32 (min over batch)", None, cos, ".5f",
                 "≥ 0.999", cos >= 0.999, ratio=False)
         load = {d: (med([r["load_s"] for r in runs]), med([r["rss_mib"] for r in runs])) for d, runs in q["load"].items()}
-        row("load_pretrained alone: seconds, int8 against float32 (in the float32 column)", load["float32"][0],
+        row("load_pretrained: seconds, int8 against float32 (in the float32 column)", load["float32"][0],
             load["int8"][0], ".1f")
-        row("load_pretrained alone: peak RSS (MiB), int8 against float32 (in the float32 column)", load["float32"][1],
-            load["int8"][1], ".0f", "< 1×", load["int8"][1] < load["float32"][1])
+        row("load_pretrained + 1 image + 2 texts: peak RSS (MiB), int8 against float32 (in the float32 column)",
+            load["float32"][1], load["int8"][1], ".0f", "< 1×", load["int8"][1] < load["float32"][1])
     if tp:
         for what, why in tp.get("unavailable", {}).items():
             rows.append((f"{what}: not on this CPU class ({why})", "", "", "", "", ""))
@@ -415,8 +422,8 @@ def table(info: dict, res: dict, args) -> str:
                      f"{tp['image_batch']}); text lengths {tp['text_lengths']}")
     if q:
         lines.append(f"- int8: the reference in float32 against ours loaded with dtype=\"int8\", medians of "
-                     f"{args.repeats} interleaved repeats; load_pretrained alone in fresh processes, float32 and int8 "
-                     f"alternating (median of {len(q['load']['int8'])})")
+                     f"{args.repeats} interleaved repeats; load_pretrained (then 1 image, 2 texts: peak RSS) in fresh processes, "
+                     f"float32 and int8 alternating (median of {len(q['load']['int8'])})")
     if fj:
         auto = next((r["path"] for r in fj["runs"] if r["onednn"] == "auto" and r["dtype"] == "float32"), "")
         lines.append(f"- folder job: `{fj['command']} --dtype D --onednn auto|off`, float32 auto and off alternating "

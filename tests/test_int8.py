@@ -53,7 +53,8 @@ def rounding_bound(x, weight, smooth=None):
 def test_int8_linear_within_the_rounding_bound(kernel, rows, smoothed):
     torch.manual_seed(0)
     linear = nn.Linear(96, 40)
-    x = torch.randn(2, rows, 96) * torch.linspace(0.1, 10, 96)  # channels of very different ranges
+    x = torch.randn(2, rows, 96) * torch.linspace(0.1, 10, 96)  # channels of very different ranges,
+    x = x * torch.logspace(-2, 2, 2 * rows).view(2, rows, 1)  # and tokens too
     x0 = x.clone()
     smooth = int8.smoothing(x.reshape(-1, 96).abs().amax(0), linear.weight) if smoothed else None
     q = int8.Int8Linear(linear.weight, linear.bias, kernel, smooth)
