@@ -8,7 +8,8 @@ Each quantized linear computes, for a token row x (K wide) and the weight W (N �
     Q = round(W·s / r)  ∈ int8      r (N,): one scale per output channel, fixed at load time
     y = t · (q Qᵀ) · r + b          the int8 × int8 product is summed exactly in int32
 
-Why these choices (measured by simulation on the full-size model, then checked by tests/test_int8.py):
+Why these choices (simulated on the full-size model first, figures in bench/README.md; tests/test_int8.py checks
+the result on full-size random weights, an outlier-stressed copy and the trained mini AltCLIP):
 - per-token activation scales: a few tokens carry values far larger than the rest; one scale per tensor (what
   torch.ao's dynamic quantization does) lets them crush every other token's resolution;
 - per-channel smoothing (Xiao et al., "SmoothQuant", 2022, https://arxiv.org/abs/2211.10438), α = 0.5: a few
@@ -26,19 +27,20 @@ Kernels, chosen by measurement (bench/README.md, "int8"), in this order where th
   weight prepacked once into oneDNN's blocked layout (onednn.qlinear_prepack). oneDNN runs it on AMX or AVX-512 VNNI
   where present (AVX2 VNNI or plain AVX2 otherwise) and applies the per-channel r in its epilogue, writing float32;
   it takes only a per-tensor activation scale, so it runs with scale 1 and the per-token t is applied after, in
-  one pass with the bias (addcmul). Fastest here.
+  one pass with the bias (addcmul). The fastest that keeps per-token scales.
 - "int_mm": torch._int_mm (int8 × int8 → int32, any PyTorch ≥ 2.2), then t·r and the bias in float32: the
-  portable fallback, slower because the weight is not prepacked and the dequantisation is a separate pass.
-  torchao's CPU int8-dynamic path runs this same op in eager mode (its speed needs torch.compile), so it was not
-  taken as a dependency. torch.ao.nn.quantized.dynamic was measured too, but it has one activation scale per tensor.
-`choose_kernel()` returns the first that runs here and says why the others do not, in one line.
+  portable fallback, slower because the weight is not prepacked and the int32 result is one more pass.
+Not taken: torchao (it installs without pulling another torch, but its CPU int8-dynamic path runs torch._int_mm in
+eager mode, the fallback above, and is fast only under torch.compile); torch.ao.nn.quantized.dynamic, faster per
+call because it quantizes inside the op, but with one activation scale per tensor (see above).
+`choose_kernel()` returns the first that runs here and says why the others do not, in one line. The order is the
+same on both CPU classes (altclip_kernels/cpu.py): oneDNN has int8 kernels for AVX2 as well as for AVX-512 VNNI and
+AMX, so no class lacks it; what differs is the gain, measured per class in bench/README.md.
 
     model = load_weights.load_pretrained(folder, dtype="int8")      # or: int8.quantize(float32_model)
-    model.int8      # "int8 (oneDNN qlinear_pointwise: ...); first and last text blocks in float32"
+    model.int8      # "int8 linears (onednn: oneDNN qlinear_pointwise, ...); first and last text blocks in float32"
 """
 from __future__ import annotations
-
-import math
 
 import torch
 import torch.nn as nn
@@ -137,11 +139,10 @@ def quantize_weight(weight: torch.Tensor, inplace: bool = False) -> tuple[torch.
 def quantize_rows(x: torch.Tensor, inplace: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """(M, K) float → (q int8 (M, K), t float32 (M, 1)) with x ≈ q · t, one scale per row (token).
 
-    inplace: overwrite `x` (a temporary of the caller's) instead of allocating. aminmax reads each row once, without
-    the temporary that abs() would make.
+    inplace: overwrite `x` (a temporary of the caller's) instead of allocating. max|x| is read as max(max x, -min x),
+    without the temporary that abs() would make (and faster than torch.aminmax on CPU).
     """
-    low, high = torch.aminmax(x, dim=1, keepdim=True)
-    t = torch.maximum(high, low.neg_()).clamp_(min=1e-12) / QMAX
+    t = torch.maximum(x.amax(dim=1, keepdim=True), x.amin(dim=1, keepdim=True).neg_()).clamp_(min=1e-12) / QMAX
     x = x.mul_(t.reciprocal()) if inplace else x * t.reciprocal()
     return x.round_().to(torch.int8), t  # |x/t| ≤ 127 (up to rounding): no clamp needed
 

@@ -180,6 +180,34 @@ with torch.inference_mode():
 """
 
 
+def int8_kernels(repeats: int) -> dict:
+    """Seconds per call of one linear at the image tower's fc1 shape, per candidate, interleaved: float32 F.linear,
+    altclip_kernels/int8.py's Int8Linear on each kernel that runs here (per-token activations, smoothing on the input),
+    and torch.ao's dynamic int8 linear (one activation scale per tensor: faster, but not accurate enough)."""
+    import warnings
+
+    from altclip_kernels import int8
+    m, k, n = common.gemm_shape()
+    g = torch.Generator().manual_seed(0)
+    x, linear = torch.randn(m, k, generator=g), torch.nn.Linear(k, n)
+    smooth = int8.smoothing(x.abs().amax(0), linear.weight)
+    fns = {"float32 F.linear": lambda: F.linear(x, linear.weight, linear.bias)}
+    for kernel in int8.KERNELS:
+        if int8._CHECKS[kernel]() is None:
+            q = int8.Int8Linear(linear.weight, linear.bias, kernel, smooth)
+            fns[f"int8 {kernel}"] = lambda q=q: q(x)
+    with warnings.catch_warnings():  # torch.ao.quantization is deprecated
+        warnings.simplefilter("ignore")
+        dynamic = torch.ao.quantization.quantize_dynamic(torch.nn.Sequential(linear), {torch.nn.Linear},
+                                                         dtype=torch.qint8)
+    fns["torch.ao dynamic (per tensor)"] = lambda: dynamic(x)
+    with torch.inference_mode():
+        times = interleaved(fns, repeats, 2)
+    log("[int8] one linear at the fc1 shape: " + ", ".join(f"{name} {statistics.median(t) * 1e3:.0f} ms"
+                                                           for name, t in times.items()))
+    return {"shape": [m, k, n], "engine": torch.backends.quantized.engine, "s": times}
+
+
 def int8_throughput(folder: Path, repeats: int, warmup: int, env: dict) -> dict:
     """The reference in float32 against ours in int8: images/s and texts/s interleaved, the int8 embeddings' cosine
     to the reference's float32 ones, and load_pretrained's seconds and peak RSS, float32 against int8."""
@@ -187,7 +215,7 @@ def int8_throughput(folder: Path, repeats: int, warmup: int, env: dict) -> dict:
 
     pixels = common.image_batch()
     ids, mask = common.text_batch()
-    res = {"image_batch": len(pixels), "text_batch": len(ids)}
+    res = {"image_batch": len(pixels), "text_batch": len(ids), "kernels": int8_kernels(repeats)}
     log("[int8] loading the reference (float32) and ours (int8) ...")
     models = {"reference": common.load("reference", folder, torch.float32)}
     t0 = time.perf_counter()
@@ -368,6 +396,13 @@ def table(info: dict, res: dict, args) -> str:
         avx512 = torch.backends.cpu.get_cpu_capability().startswith("AVX512")
         goal = 2.5 if avx512 else 1.5  # issue 22: AVX-512 with VNNI / AVX2
         rows.append((f"int8: {q['path']}", "", "", "", "", ""))
+        kern = q.get("kernels")
+        if kern:
+            base = med(kern["s"]["float32 F.linear"])
+            for name, t in kern["s"].items():
+                if name != "float32 F.linear":
+                    row(f"one linear {'×'.join(map(str, kern['shape']))}, ms: {name} against float32 F.linear",
+                        base * 1e3, med(t) * 1e3, ".1f")
         row(f"images/s, int8 (batch {q['image_batch']}), reference in float32", img["reference"], img["ours+int8"],
             ".2f", f"≥ {goal}×", img["ours+int8"] / img["reference"] >= goal)
         row(f"texts/s, int8 (batch {q['text_batch']}, 5-40 tokens), reference in float32", txt["reference"],
