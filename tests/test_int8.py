@@ -238,6 +238,19 @@ def test_cli_int8_refused_is_one_line(capsys, model_dir, monkeypatch):
     assert err.startswith("altclip.py: error: --dtype int8, but simulated: no oneDNN int8"), err
 
 
+@needs_int8
+def test_search_keeps_int8_embeddings_apart(capsys, model_dir, tmp_path):
+    """The index keys embeddings by dtype: a float32 search after an int8 one embeds again, an int8 one reuses."""
+    for name in ("cat.jpg", "coffee.jpg"):
+        (tmp_path / name).write_bytes((ROOT / "examples" / name).read_bytes())
+    db = tmp_path / "index.sqlite"
+    common = [str(tmp_path), "--search", "a cat", "--model", str(model_dir), "--index", str(db), "-v"]
+    for dtype, from_index in (("int8", 0), ("float32", 0), ("int8", 2)):
+        assert cli.main([*common, "--dtype", dtype]) == 0
+        _, err = capsys.readouterr()
+        assert f"{from_index} image(s) from the index, {2 - from_index} embedded" in err, (dtype, err)
+
+
 def test_index_keys_int8_separately(folder):
     weights = folder / "model.safetensors"
     keys = {d: index.model_key(folder, weights, d) for d in ("float32", "bfloat16", "int8")}
