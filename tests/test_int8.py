@@ -5,8 +5,9 @@ Tolerances, int8 against float32 (issue 22's goals):
 - one linear: the exact bound of rounding both operands to half a step, |y - ŷ|_n ≤ Σ_k (t/2·|W_nk| + r_n/2·|x_k| +
   t·r_n/4) (t, r: the row's and the channel's step), plus 1e-4 for float32 sums; the two kernels agree within 1e-5
   relative (the same integer products, scaled in another order);
-- embeddings: cosine to float32 ≥ 0.999 (image and text) on full-width random models, ≥ 0.995 on the outlier-stressed
-  copy (five channels of every LayerNorm weight ×40, the "massive activations" of CLIP-like models);
+- embeddings: cosine to float32 ≥ 0.999 (image and text) on full-width random models and on their outlier-stressed
+  copies (five channels of every LayerNorm weight ×40, the "massive activations" of CLIP-like models), where the
+  issue asks for 0.995: see HELD_TO;
 - the mini AltCLIP: zero-shot top-1 within 0.02 of float32 in every language (train.py's evaluation).
 The kernel choice is tried on this CPU; where a kernel is missing the other one runs and the reason is said, simulated
 here on CPUs that have both.
@@ -143,12 +144,18 @@ def full_width(layers: int) -> altclip.AltCLIPConfig:
     return config
 
 
+# Issue 22's goals are a cosine of 0.999 on random weights and 0.995 on the stressed model. Both are held to 0.999
+# here: without the outlier handling (α = 0, nothing kept in float32) the stressed image embeddings fall to 0.9983
+# with four blocks and 0.9959 (text 0.9987) at full size, so a lost smoothing shows; with it they stay above 0.9992.
+HELD_TO = 0.999
+
+
 @needs_int8
-@pytest.mark.parametrize("stressed,goal", [(False, 0.999), (True, 0.995)])
-def test_full_width_model(stressed, goal):
+@pytest.mark.parametrize("stressed", [False, True])
+def test_full_width_model(stressed):
     model = random_model(full_width(4), seed=1, stressed=stressed)
     image, text = int8_cosines(model)
-    assert image.min() >= goal and text.min() >= goal, (image, text)
+    assert image.min() >= HELD_TO and text.min() >= HELD_TO, (image, text)
     assert isinstance(model.vision_model.blocks[0].attn.qkv, int8.Int8Linear)
     kept = [i for i, b in enumerate(model.text_model.blocks) if isinstance(b.mlp.fc1, nn.Linear)]
     assert kept == [0, 3]  # KEEP_FLOAT: the first and last text blocks
@@ -157,14 +164,13 @@ def test_full_width_model(stressed, goal):
 
 @needs_int8
 @pytest.mark.slow
-@pytest.mark.parametrize("stressed,goal", [(False, 0.999), (True, 0.995)])
-def test_full_size_model(stressed, goal):
-    """The goal on BAAI/AltCLIP's full size (24 + 24 blocks; a 1000-word vocabulary), random weights, built in
-    memory (~1-2 min each on 2 cores). Without the outlier handling (α = 0 and no block kept in float32) the stressed
-    model's text falls below its goal here, where four blocks (test_full_width_model) are too few to show it."""
+@pytest.mark.parametrize("stressed", [False, True])
+def test_full_size_model(stressed):
+    """BAAI/AltCLIP's full size (24 + 24 blocks; a 1000-word vocabulary), random weights, built in memory (~1.5 min
+    each on 2 cores)."""
     model = random_model(full_width(24), seed=0, stressed=stressed)
     image, text = int8_cosines(model)
-    assert image.min() >= goal and text.min() >= goal, (image, text)
+    assert image.min() >= HELD_TO and text.min() >= HELD_TO, (image, text)
 
 
 # -----------------------------------------------------------------------------
