@@ -42,6 +42,8 @@ AMX, so no class lacks it; what differs is the gain, measured per class in bench
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn as nn
 
@@ -49,6 +51,10 @@ ALPHA = 0.5  # SmoothQuant's migration strength: 0.5 splits the range evenly bet
 KEEP_FLOAT = {"text_model": (0, -1)}  # per tower, the blocks whose linears stay float32 (negative: from the end)
 LINEARS = ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2")  # the linears of a block that are quantized
 QMAX = 127  # symmetric int8: -127..127 (-128 unused, so that negating a value never overflows)
+# Without VNNI (AVX2, early AVX-512), int8 products are summed by vpmaddubsw, which adds two u8·s8 products into a
+# saturating int16: full-range operands overflow it and the results are silently wrong. Weights in -63..63 keep
+# every pair sum below 2^15 (255·63·2 < 32767), so there the weights get 7 bits (saturates() decides, by trying).
+QMAX_NO_VNNI = 63
 
 # The built-in calibration set (see the docstring): images, texts per batch, and the texts' lengths in tokens.
 CALIBRATION_IMAGES = 2  # 514 image tokens: the float32 forward pass over them is most of the time int8 takes to load
@@ -129,22 +135,40 @@ def _qlinear(q, packed, r, zeros):
     return torch.ops.onednn.qlinear_pointwise(q, 1.0, 0, packed, r, zeros, None, 1.0, 0, torch.float32, "none", [], "")
 
 
-def quantize_weight(weight: torch.Tensor, inplace: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+def quantize_weight(weight: torch.Tensor, inplace: bool = False,
+                    qmax: int = QMAX) -> tuple[torch.Tensor, torch.Tensor]:
     """(N, K) float → (Q int8 (N, K), r float32 (N,)) with weight ≈ Q · r[:, None], one scale per output channel:
-    the same rounding as the activations', a row being an output channel here."""
-    q, r = quantize_rows(weight, inplace)
+    the same rounding as the activations', a row being an output channel here, to ±qmax."""
+    q, r = quantize_rows(weight, inplace, qmax)
     return q, r.squeeze(1)
 
 
-def quantize_rows(x: torch.Tensor, inplace: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """(M, K) float → (q int8 (M, K), t float32 (M, 1)) with x ≈ q · t, one scale per row (token).
+@functools.cache
+def saturates(kernel: str) -> bool:
+    """Whether `kernel` sums int8 products in saturating 16-bit steps on this CPU (no VNNI): tried on a product of
+    full-range operands whose exact result is known."""
+    x, w = torch.full((2, 64), QMAX, dtype=torch.int8), torch.full((8, 64), QMAX, dtype=torch.int8)
+    if kernel == "onednn":
+        y = _qlinear(x, torch.ops.onednn.qlinear_prepack(w, [2, 64]), torch.ones(8), torch.zeros(8, dtype=torch.long))
+    else:
+        y = torch._int_mm(torch.cat([x] * 9), w.t())[:2].float()  # _int_mm wants more than 16 rows on some builds
+    return not torch.equal(y, torch.full((2, 8), float(64 * QMAX * QMAX)))
+
+
+def weight_qmax(kernel: str) -> int:
+    """The largest int8 weight magnitude `kernel` computes exactly on this CPU: QMAX, or QMAX_NO_VNNI."""
+    return QMAX_NO_VNNI if saturates(kernel) else QMAX
+
+
+def quantize_rows(x: torch.Tensor, inplace: bool = False, qmax: int = QMAX) -> tuple[torch.Tensor, torch.Tensor]:
+    """(M, K) float → (q int8 (M, K), t float32 (M, 1)) with x ≈ q · t, |q| ≤ qmax, one scale per row (token).
 
     inplace: overwrite `x` (a temporary of the caller's) instead of allocating. max|x| is read as max(max x, -min x),
     without the temporary that abs() would make (and faster than torch.aminmax on CPU).
     """
-    t = torch.maximum(x.amax(dim=1, keepdim=True), x.amin(dim=1, keepdim=True).neg_()).clamp_(min=1e-12) / QMAX
+    t = torch.maximum(x.amax(dim=1, keepdim=True), x.amin(dim=1, keepdim=True).neg_()).clamp_(min=1e-12) / qmax
     x = x.mul_(t.reciprocal()) if inplace else x * t.reciprocal()
-    return x.round_().to(torch.int8), t  # |x/t| ≤ 127 (up to rounding): no clamp needed
+    return x.round_().to(torch.int8), t  # |x/t| ≤ qmax (up to rounding): no clamp needed
 
 
 def smoothing(act_max: torch.Tensor, weight: torch.Tensor, alpha: float = ALPHA) -> torch.Tensor:
@@ -178,7 +202,8 @@ class Int8Linear(nn.Module):
         if smooth is not None:
             weight = weight * smooth  # x Wᵀ = (x / s)(W s)ᵀ
         self.register_buffer("inv_smooth", None if smooth is None else 1 / smooth)
-        q, r = quantize_weight(weight, inplace=smooth is not None)  # a product of our own may be overwritten
+        # inplace: a product of our own may be overwritten
+        q, r = quantize_weight(weight, inplace=smooth is not None, qmax=weight_qmax(kernel))
         del weight
         self.kernel, self.activation, self.own_input = kernel, activation, own_input
         if kernel == "onednn":
@@ -351,7 +376,9 @@ def quantize(model, kernel: str | None = None, calibration=None, alpha: float = 
     if act_max:  # a block that did not run (cannot happen with both towers run): say so rather than leave it float
         raise RuntimeError(f"calibration did not reach {sorted(act_max)}")
     kept = [f"{'first' if i == 0 else 'last'}" for i in sorted(_kept_float("text_model", len(model.text_model.blocks)))]
-    model.int8 = f"int8 linears ({kernel}: {why})" + (f"; {' and '.join(kept)} text blocks in float32" if kept else "")
+    bits = "" if weight_qmax(kernel) == QMAX else "; weights in 7 bits (this CPU's int8 sums saturate: no VNNI)"
+    model.int8 = (f"int8 linears ({kernel}: {why}){bits}" + (f"; {' and '.join(kept)} text blocks in float32"
+                                                              if kept else ""))
     return model
 
 

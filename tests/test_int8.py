@@ -38,13 +38,13 @@ STRESSED_CHANNELS = [3, 100, 257, 511, 900]  # channels of every LayerNorm weigh
 STRESS = 40.0
 
 
-def rounding_bound(x, weight, smooth=None):
+def rounding_bound(x, weight, smooth=None, weight_qmax=127):
     """The largest |int8 result − float result| per output, for rows x (M, K) and weight (N, K), when x/s is rounded
     per row to steps t and W·s per output channel to steps r."""
     if smooth is not None:
         x, weight = x / smooth, weight * smooth
     t = x.abs().amax(1, keepdim=True) / 127  # (M, 1)
-    r = weight.abs().amax(1) / 127  # (N,)
+    r = weight.abs().amax(1) / weight_qmax  # (N,)
     return t / 2 * weight.abs().sum(1) + r / 2 * x.abs().sum(1, keepdim=True) + t * r / 4 * x.shape[1]
 
 
@@ -62,7 +62,7 @@ def test_int8_linear_within_the_rounding_bound(kernel, rows, smoothed):
     q = int8.Int8Linear(linear.weight, linear.bias, kernel, smooth)
     with torch.no_grad():
         y, want = q(x), linear(x)
-        bound = rounding_bound(x.reshape(-1, 96), linear.weight, smooth).view(2, rows, 40)
+        bound = rounding_bound(x.reshape(-1, 96), linear.weight, smooth, int8.weight_qmax(kernel)).view(2, rows, 40)
     assert torch.equal(x, x0), "the input was overwritten"
     assert y.shape == want.shape
     assert ((y - want).abs() <= bound + 1e-4).all(), ((y - want).abs() - bound).max()
@@ -92,6 +92,49 @@ def test_the_two_kernels_agree():
     with torch.no_grad():
         a, b = (int8.Int8Linear(linear.weight, linear.bias, k, smooth)(x) for k in int8.KERNELS)
     torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+@needs_int8
+@pytest.mark.parametrize("kernel", KERNELS_HERE)
+def test_saturation_is_detected_and_avoided(kernel):
+    """Full-range int8 products are exact where saturates() says no; with the weights it then uses (7 bits where it
+    says yes) they are exact either way."""
+    g = torch.Generator().manual_seed(3)
+    x = torch.randint(-127, 128, (40, 256), generator=g, dtype=torch.int8)
+    x[0] = 127  # the row that overflows 16-bit pair sums without VNNI
+    qmax = int8.weight_qmax(kernel)
+    w = torch.randint(-qmax, qmax + 1, (24, 256), generator=g, dtype=torch.int8)
+    w[0] = qmax
+    if kernel == "onednn":
+        y = int8._qlinear(x, torch.ops.onednn.qlinear_prepack(w, [40, 256]), torch.ones(24),
+                          torch.zeros(24, dtype=torch.long))
+    else:
+        y = torch._int_mm(x, w.t()).float()
+    assert torch.equal(y.double(), x.double() @ w.double().t())
+
+
+@needs_int8
+def test_a_cpu_without_vnni(tmp_path):
+    """The other class, for real where this CPU has VNNI: oneDNN limited to AVX2 (ONEDNN_MAX_CPU_ISA, read when it
+    starts, hence a fresh process). Its int8 sums saturate; saturates() must see it, and the 7-bit weights keep a
+    linear within its rounding bound. (On an AVX2-only CPU this is what runs anyway.)"""
+    import os
+    import subprocess
+    script = (
+        "import torch, test_int8 as T\n"
+        "from altclip_kernels import int8\n"
+        "k = int8.choose_kernel()[0]\n"
+        "assert int8.saturates(k) and int8.weight_qmax(k) == 63, k\n"
+        "torch.manual_seed(0); lin = torch.nn.Linear(256, 64); x = torch.randn(33, 256) * 3\n"
+        "x[0] = x[0].abs()  # all positive: the row that overflows with 8-bit weights\n"
+        "q = int8.Int8Linear(lin.weight, lin.bias, k)\n"
+        "with torch.no_grad():\n"
+        "    err = (q(x) - lin(x)).abs()\n"
+        "    assert (err <= T.rounding_bound(x, lin.weight, None, 63) + 1e-4).all(), err.max()\n"
+        "print('ok', k)\n")
+    env = {**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2", "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")])}
+    r = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0 and r.stdout.startswith("ok"), r.stderr[-2000:]
 
 
 def test_quantize_rows_and_weight():
@@ -147,7 +190,9 @@ def full_width(layers: int) -> altclip.AltCLIPConfig:
 # Issue 22's goals are a cosine of 0.999 on random weights and 0.995 on the stressed model. Both are held to 0.999
 # here: without the outlier handling (α = 0, nothing kept in float32) the stressed image embeddings fall to 0.9983
 # with four blocks and 0.9959 (text 0.9987) at full size, so a lost smoothing shows; with it they stay above 0.9992.
-HELD_TO = 0.999
+# Where the weights get 7 bits (a CPU without VNNI, see int8.saturates), 0.998: the four-block stressed image
+# embeddings measured 0.99904 with oneDNN limited to AVX2.
+HELD_TO = 0.999 if not KERNELS_HERE or int8.weight_qmax(KERNELS_HERE[0]) == int8.QMAX else 0.998
 
 
 @needs_int8
