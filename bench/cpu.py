@@ -176,7 +176,8 @@ model = load_pretrained(sys.argv[2], dtype=sys.argv[3] if sys.argv[3] == "int8" 
 print(time.perf_counter() - t0)
 with torch.inference_mode():
     model.get_image_features(torch.randn(1, 3, 224, 224))
-    model.get_text_features(torch.tensor([[0, 100, 200, 2], [0, 300, 2, 1]]), torch.tensor([[1, 1, 1, 1], [1, 1, 1, 0]]))
+    ids = torch.tensor([[0, 100, 200, 2], [0, 300, 2, 1]])
+    model.get_text_features(ids, (ids != 1).long())
 """
 
 
@@ -239,7 +240,8 @@ def int8_throughput(folder: Path, repeats: int, warmup: int, env: dict) -> dict:
         log("  " + what + ": " + ", ".join(f"{i} {statistics.median(t):.3f} s" for i, t in res[what].items()))
     del models
     gc.collect()
-    log("[int8] load_pretrained, then one image and two texts, float32 and int8 alternating, each in a fresh process ...")
+    log("[int8] load_pretrained, then one image and two texts, float32 and int8 alternating, each in a fresh "
+        "process ...")
     res["load"] = {"float32": [], "int8": []}
     for _ in range(2):
         for dtype in res["load"]:
@@ -411,7 +413,7 @@ def table(info: dict, res: dict, args) -> str:
             cos = min(q[f"{kind}_cosine"])
             row(f"{kind} embeddings, int8: cosine to the reference's float32 (min over batch)", None, cos, ".5f",
                 "≥ 0.999", cos >= 0.999, ratio=False)
-        load = {d: (med([r["load_s"] for r in runs]), med([r["rss_mib"] for r in runs])) for d, runs in q["load"].items()}
+        load = {d: (med([r["load_s"] for r in rs]), med([r["rss_mib"] for r in rs])) for d, rs in q["load"].items()}
         row("load_pretrained: seconds, int8 against float32 (in the float32 column)", load["float32"][0],
             load["int8"][0], ".1f")
         row("load_pretrained + 1 image + 2 texts: peak RSS (MiB), int8 against float32 (in the float32 column)",
@@ -457,8 +459,8 @@ def table(info: dict, res: dict, args) -> str:
                      f"{tp['image_batch']}); text lengths {tp['text_lengths']}")
     if q:
         lines.append(f"- int8: the reference in float32 against ours loaded with dtype=\"int8\", medians of "
-                     f"{args.repeats} interleaved repeats; load_pretrained (then 1 image, 2 texts: peak RSS) in fresh processes, "
-                     f"float32 and int8 alternating (median of {len(q['load']['int8'])})")
+                     f"{args.repeats} interleaved repeats; load_pretrained (then 1 image, 2 texts: peak RSS) in fresh "
+                     f"processes, float32 and int8 alternating (median of {len(q['load']['int8'])})")
     if fj:
         auto = next((r["path"] for r in fj["runs"] if r["onednn"] == "auto" and r["dtype"] == "float32"), "")
         lines.append(f"- folder job: `{fj['command']} --dtype D --onednn auto|off`, float32 auto and off alternating "

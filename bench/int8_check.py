@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-import common  # noqa: F401  (puts the repository on sys.path)
+import common  # noqa: F401  (it puts the repository on sys.path)
 import cli
 from load_weights import CheckpointError, load_pretrained
 from tokenizer import Tokenizer

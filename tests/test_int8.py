@@ -2,8 +2,9 @@
 float32, from one linear up to the full-size model, an outlier-stressed copy and the trained mini AltCLIP.
 
 Tolerances, int8 against float32 (issue 22's goals):
-- one linear: the exact bound of rounding both operands to half a step, |y - ŷ|_n ≤ Σ_k (t/2·|W_nk| + r_n/2·|x_k| +
-  t·r_n/4) (t, r: the row's and the channel's step), plus 1e-4 for float32 sums; the two kernels agree within 1e-5
+- one linear: the exact bound of rounding both operands to half a step,
+  |y - ŷ|_n ≤ Σ_k (t/2·|W_nk| + r_n/2·|x_k| + t·r_n/4) (t, r: the row's and the channel's step), plus 1e-4 for
+  float32 sums; the two kernels agree within 1e-5
   relative (the same integer products, scaled in another order);
 - embeddings: cosine to float32 ≥ 0.999 (image and text) on full-width random models and on their outlier-stressed
   copies (five channels of every LayerNorm weight ×40, the "massive activations" of CLIP-like models), where the
