@@ -307,7 +307,7 @@ def state_dict(weights: Path, model: torch.nn.Module, dtype: torch.dtype, device
     return convert(tensors, model, dtype, device, fuse_from=read_tensors(weights, keep) if second else None)
 
 
-def load_pretrained(source: str | Path = "BAAI/AltCLIP", *, dtype: torch.dtype = torch.float32,
+def load_pretrained(source: str | Path = "BAAI/AltCLIP", *, dtype: torch.dtype | str = torch.float32,
                     device: str | torch.device = "cpu", kernels: bool | None = None, onednn: bool = False) -> AltCLIP:
     """Build AltCLIP from a checkpoint folder or hub repo id, in eval mode, with weights in `dtype` on `device`.
 
@@ -319,7 +319,13 @@ def load_pretrained(source: str | Path = "BAAI/AltCLIP", *, dtype: torch.dtype =
     (`altclip_kernels.onednn.faster_here()` says which). RuntimeError saying why when it cannot be done here.
     A bfloat16/float16 model on a CPU without native instructions for it works, emulated and several times slower
     than float32: an altclip_kernels.cpu.EmulatedDtypeWarning says so.
+    dtype="int8" (CPU only): the blocks' linears in int8, calibrated at load time; the rest float32
+    (altclip_kernels/int8.py); `model.int8` says which kernel runs.
     """
+    int8 = dtype == "int8"  # int8 linears on the CPU, the rest float32 (altclip_kernels/int8.py)
+    if int8:
+        _check_int8(torch.device(device), kernels, onednn)
+        dtype = torch.float32
     use_kernels = _want_kernels(kernels, torch.device(device))  # before any download: kernels=True fails fast
     warn_if_emulated(dtype, device)
     if onednn:
@@ -337,6 +343,9 @@ def load_pretrained(source: str | Path = "BAAI/AltCLIP", *, dtype: torch.dtype =
     if onednn:
         from altclip_kernels import onednn as onednn_kernels
         onednn_kernels.pack(model)
+    if int8:
+        from altclip_kernels import int8 as int8_kernels
+        int8_kernels.quantize(model.eval())
     return model.use_kernels(use_kernels).eval()
 
 
@@ -346,6 +355,18 @@ def warn_if_emulated(dtype: torch.dtype, device, stacklevel: int = 3):
         from altclip_kernels import cpu
         if (message := cpu.emulation_warning(dtype)) is not None:
             warnings.warn(message, cpu.EmulatedDtypeWarning, stacklevel=stacklevel)
+
+
+def _check_int8(device: torch.device, kernels: bool | None, onednn: bool):
+    from altclip_kernels import int8 as int8_kernels
+
+    ok, why = int8_kernels.available()
+    if device.type != "cpu":
+        ok, why = False, f"int8 is for CPU models, not {device}"
+    elif kernels or onednn:
+        ok, why = False, f"int8 has its own linears: it does not combine with {'kernels' if kernels else 'onednn'}=True"
+    if not ok:
+        raise RuntimeError(f"dtype='int8', but {why}")
 
 
 def _check_onednn(dtype: torch.dtype, device: torch.device):

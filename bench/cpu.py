@@ -13,6 +13,10 @@ Steps, all in one process except the main-job runs:
    peak of the machine is timed in the same rounds as the image tower (torch.mm at its fc1 shape, 1028×1024 @
    1024×4096), so that both see the same machine: the image tower's GFLOP/s (FLOPs counted analytically) is
    reported as a fraction of it;
+   then int8 (`--dtypes … int8`): the reference in float32 against ours with `load_pretrained(..., dtype="int8")`
+   (altclip_kernels/int8.py), interleaved the same way; the int8 embeddings' cosine to the reference's float32 ones;
+   the seconds of load_pretrained and the peak RSS of it plus one image and two texts, float32 against int8, each in
+   a fresh process;
 3. the main job as a whole process, `python altclip.py IMAGE "a cat" "a dog" --model DIR` against
    bench/reference_job.py, alternating, after one unmeasured run of each (warm file cache): wall time and peak RSS;
 4. the folder job: `python altclip.py FOLDER ...` on 17 images, float32 with the defaults (--onednn auto, which
@@ -37,9 +41,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-import common
-from altclip_kernels import onednn
-from common import IMPLS, OUT, ROOT, THROUGHPUT_IMPLS, run_measured
+import common  # noqa: E402
+from altclip_kernels import onednn  # noqa: E402
+from common import IMPLS, OUT, ROOT, THROUGHPUT_IMPLS, run_measured  # noqa: E402
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 TEXTS = ["a cat", "a dog"]
@@ -152,6 +156,96 @@ def throughput(folder: Path, repeats: int, warmup: int, dtypes: list[str]) -> di
             if ("bfloat16", impl) in embeddings and ("float32", impl) in embeddings:
                 res[f"{kind}_bf16_cosine_{impl}"] = min_cosine(embeddings["bfloat16", impl][k],
                                                                embeddings["float32", impl][k])
+    return res
+
+
+# load_pretrained, then one image and two texts embedded: weights are memory-mapped and read on first use, so the
+# peak RSS of a load alone would count only what loading touches (all of it for int8, which calibrates).
+LOAD_SCRIPT = """
+import sys, time
+sys.path.insert(0, sys.argv[1])
+import torch
+from load_weights import load_pretrained
+t0 = time.perf_counter()
+model = load_pretrained(sys.argv[2], dtype=sys.argv[3] if sys.argv[3] == "int8" else getattr(torch, sys.argv[3]))
+print(time.perf_counter() - t0)
+with torch.inference_mode():
+    model.get_image_features(torch.randn(1, 3, 224, 224))
+    ids = torch.tensor([[0, 100, 200, 2], [0, 300, 2, 1]])
+    model.get_text_features(ids, (ids != 1).long())
+"""
+
+
+def int8_kernels(repeats: int) -> dict:
+    """Seconds per call of one linear at the image tower's fc1 shape, per candidate, interleaved: float32 F.linear,
+    altclip_kernels/int8.py's Int8Linear on each kernel that runs here (per-token activations, smoothing on the input),
+    and torch.ao's dynamic int8 linear (one activation scale per tensor: faster, but not accurate enough)."""
+    import warnings
+
+    from altclip_kernels import int8
+    m, k, n = common.gemm_shape()
+    g = torch.Generator().manual_seed(0)
+    x, linear = torch.randn(m, k, generator=g), torch.nn.Linear(k, n)
+    smooth = int8.smoothing(x.abs().amax(0), linear.weight)
+    fns = {"float32 F.linear": lambda: F.linear(x, linear.weight, linear.bias)}
+    for kernel in int8.KERNELS:
+        if int8._CHECKS[kernel]() is None:
+            q = int8.Int8Linear(linear.weight, linear.bias, kernel, smooth)
+            fns[f"int8 {kernel}"] = lambda q=q: q(x)
+    with warnings.catch_warnings():  # torch.ao.quantization is deprecated
+        warnings.simplefilter("ignore")
+        dynamic = torch.ao.quantization.quantize_dynamic(torch.nn.Sequential(linear), {torch.nn.Linear},
+                                                         dtype=torch.qint8)
+    fns["torch.ao dynamic (per tensor)"] = lambda: dynamic(x)
+    with torch.inference_mode():
+        times = interleaved(fns, repeats, 2)
+    log("[int8] one linear at the fc1 shape: " + ", ".join(f"{name} {statistics.median(t) * 1e3:.0f} ms"
+                                                           for name, t in times.items()))
+    return {"shape": [m, k, n], "engine": torch.backends.quantized.engine, "s": times}
+
+
+def int8_throughput(folder: Path, repeats: int, warmup: int, env: dict) -> dict:
+    """The reference in float32 against ours in int8: images/s and texts/s interleaved, the int8 embeddings' cosine
+    to the reference's float32 ones, and load_pretrained's seconds and peak RSS, float32 against int8."""
+    from load_weights import load_pretrained
+
+    pixels = common.image_batch()
+    ids, mask = common.text_batch()
+    res = {"image_batch": len(pixels), "text_batch": len(ids), "kernels": int8_kernels(repeats)}
+    log("[int8] loading the reference (float32) and ours (int8) ...")
+    models = {"reference": common.load("reference", folder, torch.float32)}
+    t0 = time.perf_counter()
+    models["ours+int8"] = load_pretrained(folder, dtype="int8")
+    res["load_int8_in_process_s"] = time.perf_counter() - t0
+    res["path"] = models["ours+int8"].int8
+    log(f"  ours int8: {res['load_int8_in_process_s']:.1f} s, {res['path']}")
+    with torch.inference_mode():
+        emb = {impl: (common.image_features(impl, m, pixels), common.text_features(impl, m, ids, mask))
+               for impl, m in models.items()}
+        for k, kind in enumerate(("image", "text")):
+            res[f"{kind}_cosine"] = F.cosine_similarity(emb["ours+int8"][k], emb["reference"][k]).tolist()
+        log(f"  cosine to float32: image {min(res['image_cosine']):.5f}, text {min(res['text_cosine']):.5f}")
+        log(f"[int8] images/s, {repeats} interleaved repeats ...")
+        res["image_s"] = interleaved({i: (lambda i=i: common.image_features(i, models[i], pixels)) for i in models},
+                                     repeats, warmup - 1)
+        log(f"[int8] texts/s, {repeats} interleaved repeats ...")
+        res["text_s"] = interleaved({i: (lambda i=i: common.text_features(i, models[i], ids, mask)) for i in models},
+                                    repeats, warmup - 1)
+    for what in ("image_s", "text_s"):
+        log("  " + what + ": " + ", ".join(f"{i} {statistics.median(t):.3f} s" for i, t in res[what].items()))
+    del models
+    gc.collect()
+    log("[int8] load_pretrained, then one image and two texts, float32 and int8 alternating, each in a fresh "
+        "process ...")
+    res["load"] = {"float32": [], "int8": []}
+    for _ in range(2):
+        for dtype in res["load"]:
+            r = run_measured([sys.executable, "-c", LOAD_SCRIPT, str(ROOT), str(folder), dtype], env)
+            if r["rc"] != 0:
+                raise RuntimeError(f"load_pretrained({dtype}) failed: {r['stderr'][-2000:]}")
+            res["load"][dtype].append({"wall_s": r["wall_s"], "load_s": float(r["stdout"].split()[-1]),
+                                       "rss_mib": r["rss_mib"]})
+            log(f"  {dtype}: {r['wall_s']:.1f} s, {r['rss_mib']:.0f} MiB")
     return res
 
 
@@ -292,6 +386,33 @@ def table(info: dict, res: dict, args) -> str:
                 cos = tp[f"{kind}_bf16_cosine_{impl}"]
                 row(f"{kind} embeddings{label}: bfloat16 cosine to own float32 (min over batch)",
                     tp[f"{kind}_bf16_cosine_reference"], cos, ".5f", "≥ 0.999", cos >= 0.999, ratio=False)
+    q = res.get("int8")
+    if q:
+        img = {i: q["image_batch"] / med(t) for i, t in q["image_s"].items()}
+        txt = {i: q["text_batch"] / med(t) for i, t in q["text_s"].items()}
+        avx512 = torch.backends.cpu.get_cpu_capability().startswith("AVX512")
+        goal = 2.5 if avx512 else 1.5  # issue 22: AVX-512 with VNNI / AVX2
+        rows.append((f"int8: {q['path']}", "", "", "", "", ""))
+        kern = q.get("kernels")
+        if kern:
+            base = med(kern["s"]["float32 F.linear"])
+            for name, t in kern["s"].items():
+                if name != "float32 F.linear":
+                    row(f"one linear {'×'.join(map(str, kern['shape']))}, ms: {name} against float32 F.linear",
+                        base * 1e3, med(t) * 1e3, ".1f")
+        row(f"images/s, int8 (batch {q['image_batch']}), reference in float32", img["reference"], img["ours+int8"],
+            ".2f", f"≥ {goal}×", img["ours+int8"] / img["reference"] >= goal)
+        row(f"texts/s, int8 (batch {q['text_batch']}, 5-40 tokens), reference in float32", txt["reference"],
+            txt["ours+int8"], ".1f", "≥ 2×", txt["ours+int8"] / txt["reference"] >= 2)
+        for kind in ("image", "text"):
+            cos = min(q[f"{kind}_cosine"])
+            row(f"{kind} embeddings, int8: cosine to the reference's float32 (min over batch)", None, cos, ".5f",
+                "≥ 0.999", cos >= 0.999, ratio=False)
+        load = {d: (med([r["load_s"] for r in rs]), med([r["rss_mib"] for r in rs])) for d, rs in q["load"].items()}
+        row("load_pretrained: seconds, int8 against float32 (in the float32 column)", load["float32"][0],
+            load["int8"][0], ".1f")
+        row("load_pretrained + 1 image + 2 texts: peak RSS (MiB), int8 against float32 (in the float32 column)",
+            load["float32"][1], load["int8"][1], ".0f", "< 1×", load["int8"][1] < load["float32"][1])
     if tp:
         for what, why in tp.get("unavailable", {}).items():
             rows.append((f"{what}: not on this CPU class ({why})", "", "", "", "", ""))
@@ -331,6 +452,10 @@ def table(info: dict, res: dict, args) -> str:
                      f"GEMM timed in the same rounds as the image tower; image tower FLOPs counted analytically "
                      f"({common.image_tower_flops(tp['image_batch']) / 1e9:.0f} GFLOP per batch of "
                      f"{tp['image_batch']}); text lengths {tp['text_lengths']}")
+    if q:
+        lines.append(f"- int8: the reference in float32 against ours loaded with dtype=\"int8\", medians of "
+                     f"{args.repeats} interleaved repeats; load_pretrained (then 1 image, 2 texts: peak RSS) in fresh "
+                     f"processes, float32 and int8 alternating (median of {len(q['load']['int8'])})")
     if fj:
         auto = next((r["path"] for r in fj["runs"] if r["onednn"] == "auto" and r["dtype"] == "float32"), "")
         lines.append(f"- folder job: `{fj['command']} --dtype D --onednn auto|off`, float32 auto and off alternating "
@@ -361,8 +486,9 @@ def main(argv=None):
     p.add_argument("--model", type=Path, default=common.DEFAULT_MODEL,
                    help="checkpoint folder; built there if missing (default bench/out/altclip-random)")
     p.add_argument("--rebuild", action="store_true", help="build the random checkpoint again")
-    p.add_argument("--dtypes", nargs="+", default=list(DTYPES), choices=list(DTYPES),
-                   help="dtypes of the throughput part (default: all; bfloat16 takes ~30 min where it is emulated)")
+    p.add_argument("--dtypes", nargs="+", default=[*DTYPES, "int8"], choices=[*DTYPES, "int8"],
+                   help="dtypes of the throughput part (default: all; bfloat16 takes ~30 min where it is emulated; "
+                        "int8: ours in int8 against the reference in float32)")
     p.add_argument("--skip-throughput", action="store_true")
     p.add_argument("--skip-job", action="store_true")
     p.add_argument("--folder-images", type=int, default=17,
@@ -388,7 +514,10 @@ def main(argv=None):
     info = machine()
     res = {}
     if not args.skip_throughput:
-        res["throughput"] = throughput(folder, args.repeats, warmup, args.dtypes)
+        if set(args.dtypes) & set(DTYPES):
+            res["throughput"] = throughput(folder, args.repeats, warmup, args.dtypes)
+        if "int8" in args.dtypes:
+            res["int8"] = int8_throughput(folder, args.repeats, warmup, env)
     if args.skip_job:
         res["main_job"] = "--skip-job"
     elif not has_cli():

@@ -955,6 +955,14 @@ def test_device_auto_prefers_cuda_then_mps_then_cpu(monkeypatch):
     assert cli.auto_device() == ("cpu", "--device auto: torch sees no CUDA or MPS device")
 
 
+def test_device_auto_takes_the_cpu_for_int8(monkeypatch):
+    """int8 runs on the CPU only: --device auto must not pick a GPU for it (int8 would refuse the GPU)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert cli.parse_args(["x", "--search", "a cat", "--dtype", "int8"]).device == "cpu"
+    with pytest.raises(SystemExit):  # float32 on a GPU torch does not have here: a usage error, as without int8
+        cli.parse_args(["x", "--search", "a cat"])
+
+
 def test_device_auto_is_the_default_and_verbose_says_which_ran(capsys, model_dir, tmp_path):
     code, _, err = run(capsys, CAT, "--search", "a cat", "--model", model_dir, "--index", tmp_path / "i", "-v")
     device, why = cli.auto_device()
