@@ -43,7 +43,7 @@ HEIF_HINT = "HEIC/HEIF photos need pillow-heif: pip install pillow-heif"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
           "int8": "int8"}  # int8: the blocks' linears in int8 on the CPU, the rest float32 (altclip_kernels/int8.py)
 KERNELS = {"auto": None, "on": True, "off": False}
-ONEDNN_MIN_IMAGES = 16  # packing costs ~1-3 s at load and saves ~0.15-0.3 s per image (2-core AVX-512 CPU)
+ONEDNN_MIN_IMAGES = 16  # packing costs seconds at load and saves a fraction of a second per image: pays for a folder
 # Images are decoded and preprocessed in threads ahead of the model: Pillow releases the GIL while it decodes and
 # resizes, so the threads overlap with the model's forward passes. At most `batch size × DECODE_AHEAD` images wait
 # decoded, so memory stays flat however large the folder.
@@ -220,7 +220,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="Triton attention/LayerNorm kernels: auto uses them on a CUDA device with Triton installed, "
                         "on insists (an error says why they cannot run), off never (default: %(default)s)")
     p.add_argument("--onednn", choices=("auto", "on", "off"), default="auto",
-                   help="pack the linear layers for oneDNN on CPU (float32/bfloat16): ~1.3x faster per image on "
+                   help="pack the linear layers for oneDNN on CPU (float32/bfloat16): faster per image on "
                         "AVX-512 CPUs, slower on AVX2-only ones, a few seconds more to load; auto packs for "
                         f"{ONEDNN_MIN_IMAGES} or more images to embed where packing was measured faster for this CPU "
                         "class and dtype (-v says which path ran and why) (default: %(default)s)")

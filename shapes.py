@@ -14,11 +14,10 @@ turns it into pixels and `captions` into one sentence per language, all saying t
 Each shape is printed with small copies of itself: a darker motif of the same shape at the centre of every
 14 × 14 cell of the image (the patches of a ViT/14), like a fabric print. A patch then shows its shape up close.
 Why: a transformer this small, trained from scratch for minutes, learns a plain silhouette slowly; recognising it
-means combining patches by attention. `python bench/shape_probe.py` measures it (224 px, 14-px patches, 64 wide,
-2 blocks, supervised 6-way shape classification, batch 64, chance 0.17; AVX2, 2 cores): after 50 / 100 / 150 steps,
-plain silhouettes 0.17 / 0.19 / 0.21, printed shapes 0.76 / 0.99 / 1.00. The print is anchored to the image's grid,
-not to the shape: shifted by a few pixels (as in a photo of a print), it is learned hardly faster than the
-silhouette (0.23 / 0.26 / 0.26). So what the mini model learns is "which motif is printed here", and it knows
+means combining patches by attention. `python bench/shape_probe.py` measures it (supervised shape classification
+with the mini model's image tower; the figures are in bench/README.md): printed shapes are learned in a fraction of
+the steps plain silhouettes need. The print is anchored to the image's grid, not to the shape: shifted by a few
+pixels (as in a photo of a print), it is learned hardly faster than the silhouette. So what the mini model learns is "which motif is printed here", and it knows
 shapes only as shapes.py draws them.
 
 Eight (colour, shape) classes are `HELD_OUT`: they never appear in training, as image or caption, so zero-shot
