@@ -467,18 +467,15 @@ def choose_onednn(mode: str, n_images: int, device: str, dtype: torch.dtype) -> 
     return onednn.faster_here(dtype)
 
 
-def load_model(args, n_images: int):
-    """(model, tokenizer), with warnings shown as one line each and, with -v, what ran where."""
+def loaded(args, load):
+    """(load(), the tokenizer of --model), with warnings shown as one line each and load errors as one Failure."""
     # Imported here: neither is needed for --help or a usage error.
-    from load_weights import CheckpointError, load_pretrained
+    from load_weights import CheckpointError
     from tokenizer import Tokenizer
-    t0 = time.perf_counter()
-    onednn, why_onednn = choose_onednn(args.onednn, n_images, args.device, DTYPES[args.dtype])
     try:
         with warnings.catch_warnings(record=True) as caught:  # shown below as one line each, not as tracebacks
             warnings.simplefilter("always")
-            model = load_pretrained(args.model, dtype=DTYPES[args.dtype], device=args.device,
-                                    kernels=KERNELS[args.kernels], onednn=onednn)
+            model = load()
         tokenizer = Tokenizer.from_pretrained(args.model)
     except (OSError, CheckpointError) as e:
         raise Failure(f"model '{args.model}': {e}") from None
@@ -487,6 +484,16 @@ def load_model(args, n_images: int):
                       .replace("dtype='int8'", "--dtype int8")) from None
     for w in caught:
         warn(w.message)
+    return model, tokenizer
+
+
+def load_model(args, n_images: int):
+    """(model, tokenizer), with warnings shown as one line each and, with -v, what ran where."""
+    from load_weights import load_pretrained
+    t0 = time.perf_counter()
+    onednn, why_onednn = choose_onednn(args.onednn, n_images, args.device, DTYPES[args.dtype])
+    model, tokenizer = loaded(args, lambda: load_pretrained(args.model, dtype=DTYPES[args.dtype], device=args.device,
+                                                            kernels=KERNELS[args.kernels], onednn=onednn))
     if args.verbose:
         where = args.device
         if torch.device(args.device).type == "cpu":
@@ -502,23 +509,12 @@ def load_text_side(args):
     """(model, tokenizer) for the texts of a search with no image to embed: the text tower and text_projection alone,
     read from the full checkpoint (the image tower is never read). --kernels on and --onednn on ask for the whole
     model's paths, so they load it."""
-    from load_weights import CheckpointError
-    from tokenizer import Tokenizer
-
     if args.kernels == "on" or args.onednn == "on" or args.dtype == "int8":  # paths of the whole model's loader
         return load_model(args, 0)
     from altclip import AltCLIPTextModelWithProjection
     t0 = time.perf_counter()
-    try:
-        with warnings.catch_warnings(record=True) as caught:  # shown below as one line each, as load_model does
-            warnings.simplefilter("always")
-            model = AltCLIPTextModelWithProjection.from_pretrained(args.model, dtype=DTYPES[args.dtype],
-                                                                   device=args.device)
-        tokenizer = Tokenizer.from_pretrained(args.model)
-    except (OSError, CheckpointError) as e:
-        raise Failure(f"model '{args.model}': {e}") from None
-    for w in caught:
-        warn(w.message)
+    model, tokenizer = loaded(args, lambda: AltCLIPTextModelWithProjection.from_pretrained(
+        args.model, dtype=DTYPES[args.dtype], device=args.device))
     if args.verbose:
         say(f"{args.model}: text tower loaded alone in {time.perf_counter() - t0:.1f} s (every image is indexed): "
             f"{args.dtype} on {args.device}, compute path: {model.path}"
