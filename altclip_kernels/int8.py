@@ -6,7 +6,7 @@ Each quantized linear computes, for a token row x (K wide) and the weight W (N �
     t = max_j |x̃_j| / 127           one scale per token (row), computed on the fly ("dynamic")
     q = round(x̃ / t)   ∈ int8
     Q = round(W·s / r)  ∈ int8      r (N,): one scale per output channel, fixed at load time
-    y = t · (q Qᵀ) · r + b          the int8 × int8 product is summed exactly in int32
+    y = t · (q Qᵀ) · r + b'         the int8 × int8 product is summed exactly in int32; b' = b - (Q·r - W)·mean(x)
 
 Why these choices (simulated on the full-size model first, figures in bench/README.md; tests/test_int8.py checks
 the result on full-size random weights, an outlier-stressed copy and the trained mini AltCLIP):
@@ -18,24 +18,28 @@ the result on full-size random weights, an outlier-stressed copy and the trained
   from calibration: one float32 forward pass at load time over a small built-in set (CALIBRATION_*: synthetic images
   and random token sequences: no data has to ship with the model, and such inputs show the channels that are large
   for every input, which is what a per-channel factor can fix);
+- bias correction (Nagel et al., "Data-Free Quantization", 2019, https://arxiv.org/abs/1906.04721): rounding W
+  moves every output by (Ŵ - W)·x; its mean over calibration's inputs, (Ŵ - W)·mean(x), is a constant shift, taken out
+  of the bias. Inputs with a large mean (GELU's outputs are mostly positive) make it most of the rounding error: with
+  it, 7-bit weights (below) keep the text tower at cosine 0.9993 where they gave 0.9984;
 - the first and the last text blocks stay in float32 (KEEP_FLOAT): with outlier channels, the text tower loses most
   there, and those two are 1/12 of its work. The embeddings, LayerNorms, attention itself (softmax(QKᵀ)V), the text
   tower's `transformation`, both projections and the patch embedding stay in float32 too.
 
-Kernels, chosen by measurement (bench/README.md, "int8"), in this order where the CPU can run them:
+Kernels, chosen by measurement (bench/README.md, "int8"), in this order where the CPU can run them and has VNNI:
 - "onednn": torch.ops.onednn.qlinear_pointwise, the int8 matmul that torch.compile's x86 backend emits, with the
   weight prepacked once into oneDNN's blocked layout (onednn.qlinear_prepack). oneDNN runs it on AMX or AVX-512 VNNI
   where present (AVX2 VNNI or plain AVX2 otherwise) and applies the per-channel r in its epilogue, writing float32;
   it takes only a per-tensor activation scale, so it runs with scale 1 and the per-token t is applied after, in
   one pass with the bias (addcmul). The fastest that keeps per-token scales.
 - "int_mm": torch._int_mm (int8 × int8 → int32, any PyTorch ≥ 2.2), then t·r and the bias in float32: the
-  portable fallback, slower because the weight is not prepacked and the int32 result is one more pass.
+  portable fallback, half oneDNN's speed with VNNI or AMX (the weight is not prepacked).
+Without VNNI (the AVX2 class: int8 sums saturate, see QMAX_NO_VNNI) the order is reversed: there oneDNN's int8
+linear is barely faster than float32, and torch._int_mm 1.3-1.6× faster than it (kernel_order).
 Not taken: torchao (it installs without pulling another torch, but its CPU int8-dynamic path runs torch._int_mm in
 eager mode, the fallback above, and is fast only under torch.compile); torch.ao.nn.quantized.dynamic, faster per
 call because it quantizes inside the op, but with one activation scale per tensor (see above).
-`choose_kernel()` returns the first that runs here and says why the others do not, in one line. The order is the
-same on both CPU classes (altclip_kernels/cpu.py): oneDNN has int8 kernels for AVX2 as well as for AVX-512 VNNI and
-AMX, so no class lacks it; what differs is the gain, measured per class in bench/README.md.
+`choose_kernel()` returns the first that runs here and says why the others do not, in one line.
 
     model = load_weights.load_pretrained(folder, dtype="int8")      # or: int8.quantize(float32_model)
     model.int8      # "int8 linears (onednn: oneDNN qlinear_pointwise, ...); first and last text blocks in float32"
@@ -109,13 +113,24 @@ _DESCRIPTIONS = {"onednn": "oneDNN qlinear_pointwise, weights prepacked",
                  "int_mm": "torch._int_mm, int32 dequantised in float32"}
 
 
+def kernel_order() -> tuple[tuple[str, ...], str]:
+    """(KERNELS in the order to try them on this CPU, why that order): oneDNN's prepacked linear first, except where
+    its int8 sums saturate (no VNNI: the AVX2 class), where torch._int_mm was measured faster (bench/README.md)."""
+    if _CHECKS["onednn"]() is None and saturates("onednn"):
+        return ("int_mm", "onednn"), "before oneDNN's: faster without VNNI"
+    return KERNELS, ""
+
+
 def choose_kernel() -> tuple[str | None, str]:
     """(the fastest kernel that runs here, or None; one line saying which and, for the skipped ones, why not)."""
+    order, why_order = kernel_order()
     skipped = []
-    for name in KERNELS:
+    for name in order:
         why_not = _CHECKS[name]()
         if why_not is None:
-            return name, _DESCRIPTIONS[name] + (f" (fallback: {'; '.join(skipped)})" if skipped else "")
+            notes = [why_order] if name == order[0] and why_order else []
+            notes += [f"fallback: {'; '.join(skipped)}"] if skipped else []
+            return name, _DESCRIPTIONS[name] + (f" ({'; '.join(notes)})" if notes else "")
         skipped.append(why_not)
     return None, "; ".join(skipped)
 
@@ -191,20 +206,29 @@ class Int8Linear(nn.Module):
     weight, bias: float; smooth: SmoothQuant's s (K,) still to divide the input by, or None where it was folded
     into whatever computes the input (then `weight` already carries it). activation: "none", "silu" or "gelu",
     applied in place. own_input: the input is a temporary nobody else reads (the previous Int8Linear's output), so
-    it may be overwritten instead of copied.
+    it may be overwritten instead of copied. input_mean: the input's mean per channel in calibration (K,), to
+    correct the bias with (Nagel et al., "Data-Free Quantization", 2019, https://arxiv.org/abs/1906.04721): rounding
+    the weights shifts the output by (Ŵ - W)·x, whose mean over the inputs, (Ŵ - W)·mean(x), is the same for every
+    token and is taken out of the bias. What stays is the part that varies from token to token.
     """
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, kernel: str, smooth: torch.Tensor | None = None,
-                 activation: str = "none", own_input: bool = False):
+                 activation: str = "none", own_input: bool = False, input_mean: torch.Tensor | None = None):
         super().__init__()
         weight = weight.detach().float()
         self.in_features, self.out_features = weight.shape[1], weight.shape[0]
         if smooth is not None:
             weight = weight * smooth  # x Wᵀ = (x / s)(W s)ᵀ
         self.register_buffer("inv_smooth", None if smooth is None else 1 / smooth)
+        if input_mean is not None:
+            mean = input_mean.float() if smooth is None else input_mean.float() / smooth  # the mean of x / s
+            mean_out = weight @ mean  # W·mean, before `weight` is overwritten
         # inplace: a product of our own may be overwritten
         q, r = quantize_weight(weight, inplace=smooth is not None, qmax=weight_qmax(kernel))
         del weight
+        if input_mean is not None:  # bias - (Ŵ - W)·mean, Ŵ = Q·r
+            shift = torch.cat([Q.float() @ mean for Q in q.split(1024)]) * r - mean_out  # Q in slices: no (N, K) copy
+            bias = -shift if bias is None else bias.detach().float() - shift
         self.kernel, self.activation, self.own_input = kernel, activation, own_input
         if kernel == "onednn":
             # [1024, K]: a typical row count (an image batch's tokens), to steer the layout; any number of rows works
@@ -230,8 +254,7 @@ class Int8Linear(nn.Module):
         if self.kernel == "onednn":
             y = _qlinear(q, self.weight, self.scale, self.zeros)  # (M, N) = (q Qᵀ)·r
         else:
-            y = torch._int_mm(q, self.weight).float()  # (M, N) int32 → float32, exact below 2^24
-            t = t * self.scale
+            y = torch._int_mm(q, self.weight).float().mul_(self.scale)  # int32 → float32 (exact below 2^24), · r
         y = y.mul_(t) if self.bias is None else torch.addcmul(self.bias, y, t, out=y)  # · t + b, in place
         if self.activation != "none":
             ACTIVATIONS[self.activation](y)
@@ -273,10 +296,11 @@ def _kept_float(tower_name: str, n_blocks: int) -> set[int]:
 
 
 @torch.no_grad()
-def quantize_block(block, act_max: dict, kernel: str, pre_ln: bool, alpha: float = ALPHA):
+def quantize_block(block, act_max: dict, kernel: str, pre_ln: bool, alpha: float = ALPHA, means: dict | None = None):
     """Replace the four linears of one block by Int8Linear, with SmoothQuant's factors folded where that is exact.
 
-    act_max: per linear ("attn.qkv", …), the largest |input| per channel seen in calibration.
+    act_max: per linear ("attn.qkv", …), the largest |input| per channel seen in calibration. means: per linear,
+    the input's mean per channel in calibration, to correct the biases with (Int8Linear), or None not to.
     - attn.proj: its input is softmax(QKᵀ)·V, linear in V, so 1/s goes into the V rows of qkv (weight and bias);
     - attn.qkv, mlp.fc1 in a pre-LN block: into the LayerNorm before them (ln_1, ln_2), whose output only they read;
       elsewhere the input is divided by s on the way in;
@@ -295,10 +319,11 @@ def quantize_block(block, act_max: dict, kernel: str, pre_ln: bool, alpha: float
     qkv_b[2 * C:] /= s_proj
     s_qkv = smoothing(act_max["attn.qkv"], qkv_w, alpha)
     s_fc1 = smoothing(act_max["mlp.fc1"], mlp.fc1.weight, alpha)
-    fc1_w, fc1_b, fc2_w, fc2_max = mlp.fc1.weight, mlp.fc1.bias, mlp.fc2.weight, act_max["mlp.fc2"]
+    fc1_w, fc1_b, fc2_w, fc2_in = mlp.fc1.weight, mlp.fc1.bias, mlp.fc2.weight, 1.0  # fc2_in: fc2's input's scale
     if act == "quick_gelu":
         fc1_w, fc1_b = fc1_w * QUICK_GELU_ALPHA, fc1_b * QUICK_GELU_ALPHA
-        fc2_w, fc2_max = fc2_w / QUICK_GELU_ALPHA, fc2_max * QUICK_GELU_ALPHA
+        fc2_w, fc2_in = fc2_w / QUICK_GELU_ALPHA, QUICK_GELU_ALPHA
+    fc2_max = act_max["mlp.fc2"] * fc2_in
     s_fc2 = smoothing(fc2_max, fc2_w, alpha)
     on_input = {}  # the smoothing still to apply to each linear's input
     if pre_ln:
@@ -306,13 +331,19 @@ def quantize_block(block, act_max: dict, kernel: str, pre_ln: bool, alpha: float
             ln.weight.div_(s)
             ln.bias.div_(s)
         qkv_w, fc1_w = qkv_w * s_qkv, fc1_w * s_fc1
+        folded = {"attn.qkv": 1 / s_qkv, "mlp.fc1": 1 / s_fc1}
     else:
         on_input = {"qkv": s_qkv, "fc1": s_fc1}
-    attn.qkv = Int8Linear(qkv_w, qkv_b, kernel, on_input.get("qkv"))
-    attn.proj = Int8Linear(attn.proj.weight * s_proj, attn.proj.bias, kernel)
-    mlp.fc1 = Int8Linear(fc1_w, fc1_b, kernel, on_input.get("fc1"),
+        folded = {}
+
+    def mean(path, factor=1.0):  # the input's mean as the int8 linear receives it; None: no bias correction
+        return None if means is None else means[path] * folded.get(path, 1.0) * factor
+
+    attn.qkv = Int8Linear(qkv_w, qkv_b, kernel, on_input.get("qkv"), input_mean=mean("attn.qkv"))
+    attn.proj = Int8Linear(attn.proj.weight * s_proj, attn.proj.bias, kernel, input_mean=mean("attn.proj", 1 / s_proj))
+    mlp.fc1 = Int8Linear(fc1_w, fc1_b, kernel, on_input.get("fc1"), input_mean=mean("mlp.fc1"),
                          activation="silu" if act == "quick_gelu" else "gelu")
-    mlp.fc2 = Int8Linear(fc2_w, mlp.fc2.bias, kernel, s_fc2, own_input=True)
+    mlp.fc2 = Int8Linear(fc2_w, mlp.fc2.bias, kernel, s_fc2, own_input=True, input_mean=mean("mlp.fc2", fc2_in))
     mlp.act = _identity
 
 
@@ -320,13 +351,15 @@ def _identity(x):
     return x
 
 
-def quantize(model, kernel: str | None = None, calibration=None, alpha: float = ALPHA):
+def quantize(model, kernel: str | None = None, calibration=None, alpha: float = ALPHA, correct_bias: bool = True):
     """Turn a float32 altclip.AltCLIP into the int8 model, in place; returns it. Sets `model.int8` to a description.
 
     kernel: one of KERNELS, or None for choose_kernel()'s. calibration: (pixel_values, input_ids, attention_mask)
-    to take the activation ranges from, instead of the built-in set (calibration_inputs).
+    to take the activation ranges from, instead of the built-in set (calibration_inputs). correct_bias: take the
+    weights' rounding error on the mean input out of the biases (Int8Linear's input_mean).
 
-    One float32 forward pass over the calibration inputs records each linear's largest |input| per channel; as soon
+    One float32 forward pass over the calibration inputs records each linear's largest |input| and mean input per
+    channel; as soon
     as a block has run, its linears are replaced by Int8Linear and its float32 weights dropped. So the float32
     weights of only one block are needed at a time (with memory-mapped weights, the rest are never all read in).
     """
@@ -339,21 +372,26 @@ def quantize(model, kernel: str | None = None, calibration=None, alpha: float = 
     if model.dtype != torch.float32:
         raise ValueError(f"int8 quantization starts from a float32 model, not {model.dtype}")
     pixels, ids, mask = calibration if calibration is not None else calibration_inputs(model.config)
-    act_max, handles = {}, []
+    seen, handles = {}, []  # seen: per linear, [max |x| per channel, Σ x per channel, rows] of its inputs
 
     def record(name):
         def hook(module, args):
             x = args[0].detach()
-            m = x.reshape(-1, x.shape[-1]).abs().amax(dim=0).float()
-            act_max[name] = m if name not in act_max else torch.maximum(act_max[name], m)
+            x = x.reshape(-1, x.shape[-1]).float()
+            m, total, rows = x.abs().amax(dim=0), x.sum(dim=0), len(x)
+            if name in seen:
+                m, total, rows = torch.maximum(seen[name][0], m), seen[name][1] + total, seen[name][2] + rows
+            seen[name] = [m, total, rows]
         return hook
 
     def swap(block, prefix, pre_ln):
         def hook(module, args, output):
             if isinstance(block.mlp.fc2, Int8Linear):
                 return  # already swapped (a block run twice)
-            stats = {path: act_max.pop(f"{prefix}.{path}") for path in LINEARS}
-            quantize_block(block, stats, kernel, pre_ln, alpha)
+            stats = {path: seen.pop(f"{prefix}.{path}") for path in LINEARS}
+            act_max = {path: m for path, (m, _, _) in stats.items()}
+            means = {path: total / rows for path, (_, total, rows) in stats.items()} if correct_bias else None
+            quantize_block(block, act_max, kernel, pre_ln, alpha, means)
         return hook
 
     for tower_name in ("vision_model", "text_model"):
@@ -373,8 +411,8 @@ def quantize(model, kernel: str | None = None, calibration=None, alpha: float = 
     finally:
         for h in handles:
             h.remove()
-    if act_max:  # a block that did not run (cannot happen with both towers run): say so rather than leave it float
-        raise RuntimeError(f"calibration did not reach {sorted(act_max)}")
+    if seen:  # a block that did not run (cannot happen with both towers run): say so rather than leave it float
+        raise RuntimeError(f"calibration did not reach {sorted(seen)}")
     kept = [f"{'first' if i == 0 else 'last'}" for i in sorted(_kept_float("text_model", len(model.text_model.blocks)))]
     bits = "" if weight_qmax(kernel) == QMAX else "; weights in 7 bits (this CPU's int8 sums saturate: no VNNI)"
     model.int8 = (f"int8 linears ({kernel}: {why}){bits}" + (f"; {' and '.join(kept)} text blocks in float32"

@@ -13,6 +13,7 @@ Tolerances, int8 against float32 (issue 22's goals):
 The kernel choice is tried on this CPU; where a kernel is missing the other one runs and the reason is said, simulated
 here on CPUs that have both.
 """
+import copy
 import json
 import math
 import sys
@@ -117,15 +118,15 @@ def test_saturation_is_detected_and_avoided(kernel):
 @needs_int8
 def test_a_cpu_without_vnni(tmp_path):
     """The other class, for real where this CPU has VNNI: oneDNN limited to AVX2 (ONEDNN_MAX_CPU_ISA, read when it
-    starts, hence a fresh process). Its int8 sums saturate; saturates() must see it, and the 7-bit weights keep a
-    linear within its rounding bound. (On an AVX2-only CPU this is what runs anyway.)"""
+    starts, hence a fresh process). Its int8 sums saturate; saturates() must see it, torch._int_mm must go first, and
+    the 7-bit weights keep a linear within its rounding bound. (On an AVX2-only CPU this is what runs anyway.)"""
     import os
     import subprocess
     script = (
         "import torch, test_int8 as T\n"
         "from altclip_kernels import int8\n"
         "k = int8.choose_kernel()[0]\n"
-        "assert int8.saturates(k) and int8.weight_qmax(k) == 63, k\n"
+        "assert k == 'int_mm' and int8.saturates(k) and int8.weight_qmax(k) == 63, k\n"
         "torch.manual_seed(0); lin = torch.nn.Linear(256, 64); x = torch.randn(33, 256) * 3\n"
         "x[0] = x[0].abs()  # all positive: the row that overflows with 8-bit weights\n"
         "q = int8.Int8Linear(lin.weight, lin.bias, k)\n"
@@ -136,6 +137,77 @@ def test_a_cpu_without_vnni(tmp_path):
     env = {**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2", "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")])}
     r = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 0 and r.stdout.startswith("ok"), r.stderr[-2000:]
+
+
+@needs_int8
+@pytest.mark.parametrize("kernel", KERNELS_HERE)
+def test_bias_correction_takes_out_the_mean_shift(kernel):
+    """Inputs with a mean far from zero (as GELU's outputs are): the weights' rounding moves every output by about
+    the same amount, (Ŵ - W)·mean(x). With input_mean, what is left of the mean error over the rows is the part
+    the activations' rounding adds, which averages out."""
+    torch.manual_seed(4)
+    linear = nn.Linear(512, 64)
+    x = torch.randn(300, 512) * 0.5 + torch.rand(512) * 3  # every channel's mean between 0 and 3
+    smooth = int8.smoothing(x.abs().amax(0), linear.weight)
+    with torch.no_grad():
+        want = linear(x)
+        plain = (int8.Int8Linear(linear.weight, linear.bias, kernel, smooth)(x) - want).mean(0)
+        fixed = (int8.Int8Linear(linear.weight, linear.bias, kernel, smooth, input_mean=x.mean(0))(x) - want).mean(0)
+    assert fixed.abs().max() < 0.2 * plain.abs().max(), (fixed.abs().max(), plain.abs().max())
+
+
+@needs_int8
+@pytest.mark.parametrize("kernel", KERNELS_HERE)
+@pytest.mark.parametrize("tower", ["vision", "text"])
+def test_bias_correction_in_a_block(tower, kernel):
+    """quantize_block hands each linear its input's mean as that linear sees it: divided by the smoothing folded into
+    a LayerNorm (vision) or into the V rows (attn.proj), times 1.702 after quick_gelu's split (vision fc2). The mean
+    error of the block's output over its tokens then falls to a fifth (0.19 measured, either tower); one of those
+    factors missing leaves 0.33 (the 1.702) to 4.7."""
+    config = full_width(1)
+    cfg = config.vision if tower == "vision" else config.text
+    cfg.hidden_size, cfg.intermediate_size, cfg.num_attention_heads = 256, 1024, 4
+    block = (altclip.VisionBlock if tower == "vision" else altclip.TextBlock)(cfg).eval()
+    g = torch.Generator().manual_seed(6)
+    a = 0.06 * math.sqrt(3)
+    with torch.no_grad():
+        for p in block.parameters():
+            p.uniform_(-a, a, generator=g)
+        for m in block.modules():
+            if isinstance(m, nn.LayerNorm):
+                m.weight.add_(1.0)
+    x = torch.randn(2, 100, 256, generator=g) + torch.rand(256, generator=g) * 2
+    inputs = {}
+    hooks = [block.get_submodule(path).register_forward_pre_hook(
+        lambda m, args, path=path: inputs.__setitem__(path, args[0].reshape(-1, args[0].shape[-1])))
+        for path in int8.LINEARS]
+    with torch.no_grad():
+        want = block(x)[0]
+    for h in hooks:
+        h.remove()
+    act_max = {path: v.abs().amax(0) for path, v in inputs.items()}
+    means = {path: v.mean(0) for path, v in inputs.items()}
+    errors = []
+    for m in (None, means):
+        quantized = copy.deepcopy(block)
+        int8.quantize_block(quantized, act_max, kernel, pre_ln=tower == "vision", means=m)
+        with torch.no_grad():
+            errors.append((quantized(x)[0] - want).mean((0, 1)).norm())
+    assert errors[1] < 0.25 * errors[0], errors
+
+
+@pytest.mark.skipif(len(KERNELS_HERE) < 2, reason=f"needs both int8 kernels here; has {KERNELS_HERE}")
+def test_kernel_order_follows_saturation(monkeypatch):
+    """With VNNI, oneDNN's prepacked linear first; without it (sums saturate), torch._int_mm, measured faster there;
+    and where that one cannot run, oneDNN's after all, saying why."""
+    monkeypatch.setattr(int8, "saturates", lambda kernel: False)
+    assert int8.choose_kernel() == ("onednn", int8._DESCRIPTIONS["onednn"])
+    monkeypatch.setattr(int8, "saturates", lambda kernel: True)
+    kernel, why = int8.choose_kernel()
+    assert kernel == "int_mm" and why.endswith("(before oneDNN's: faster without VNNI)"), why
+    monkeypatch.setitem(int8._CHECKS, "int_mm", lambda: "simulated: no torch._int_mm")
+    kernel, why = int8.choose_kernel()
+    assert kernel == "onednn" and why.endswith("(fallback: simulated: no torch._int_mm)"), why
 
 
 def test_quantize_rows_and_weight():
@@ -190,9 +262,11 @@ def full_width(layers: int) -> altclip.AltCLIPConfig:
 
 # Issue 22's goals are a cosine of 0.999 on random weights and 0.995 on the stressed model. Both are held to 0.999
 # here: without the outlier handling (α = 0, nothing kept in float32) the stressed image embeddings fall to 0.9983
-# with four blocks and 0.9959 (text 0.9987) at full size, so a lost smoothing shows; with it they stay above 0.9992.
-# Where the weights get 7 bits (a CPU without VNNI, see int8.saturates), 0.998: the four-block stressed image
-# embeddings measured 0.99904 with oneDNN limited to AVX2.
+# with four blocks and 0.9959 (text 0.9987) at full size, so a lost smoothing shows; with it they stay above 0.9990
+# (four blocks) and 0.9995 (full size). Where the weights get 7 bits (a CPU without VNNI, see int8.saturates), the
+# four-block model is held to 0.998 (its stressed image embeddings measured 0.99901 with oneDNN limited to AVX2),
+# the full-size one to 0.999 (min 0.99926 over seeds 0 and 1, stressed or not; without the bias correction its text
+# embeddings fall to 0.9984).
 HELD_TO = 0.999 if not KERNELS_HERE or int8.weight_qmax(KERNELS_HERE[0]) == int8.QMAX else 0.998
 
 
@@ -216,7 +290,7 @@ def test_full_size_model(stressed):
     each on 2 cores)."""
     model = random_model(full_width(24), seed=0, stressed=stressed)
     image, text = int8_cosines(model)
-    assert image.min() >= HELD_TO and text.min() >= HELD_TO, (image, text)
+    assert image.min() >= 0.999 and text.min() >= 0.999, (image, text)
 
 
 # -----------------------------------------------------------------------------
