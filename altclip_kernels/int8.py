@@ -21,7 +21,7 @@ the result on full-size random weights, an outlier-stressed copy and the trained
 - bias correction (Nagel et al., "Data-Free Quantization", 2019, https://arxiv.org/abs/1906.04721): rounding W
   moves every output by (Ŵ - W)·x; its mean over calibration's inputs, (Ŵ - W)·mean(x), is a constant shift, taken out
   of the bias. Inputs with a large mean (GELU's outputs are mostly positive) make it most of the rounding error: with
-  it, 7-bit weights (below) keep the text tower at cosine 0.9993 where they gave 0.9984;
+  it, 7-bit weights (below) keep the text tower at cosine 0.9992 or more where they gave 0.9984;
 - the first and the last text blocks stay in float32 (KEEP_FLOAT): with outlier channels, the text tower loses most
   there, and those two are 1/12 of its work. The embeddings, LayerNorms, attention itself (softmax(QKᵀ)V), the text
   tower's `transformation`, both projections and the patch embedding stay in float32 too.
@@ -40,7 +40,7 @@ Not taken: torchao (it installs without pulling another torch, but its CPU int8-
 eager mode, the fallback above, and is fast only under torch.compile); torch.ao.nn.quantized.dynamic, faster per
 call because it quantizes inside the op, but with one activation scale per tensor (see above). Even on rows scaled
 to 1 first (per-token scales after all), its fbgemm kernel, 1.25× torch._int_mm's speed on AVX2, quantizes the
-activations to 7 bits there: stressed image embeddings at 0.9985, where 7-bit weights keep 0.9993.
+activations to 7 bits there: stressed image embeddings at 0.9985, where 7-bit weights keep 0.9992.
 `choose_kernel()` returns the first that runs here and says why the others do not, in one line.
 
     model = load_weights.load_pretrained(folder, dtype="int8")      # or: int8.quantize(float32_model)
