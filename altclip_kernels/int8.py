@@ -115,20 +115,21 @@ _DESCRIPTIONS = {"onednn": "oneDNN qlinear_pointwise, weights prepacked",
                  "int_mm": "torch._int_mm, int32 dequantised in float32"}
 
 
-def kernel_order() -> tuple[tuple[str, ...], str]:
+def kernel_order(onednn_runs: bool) -> tuple[tuple[str, ...], str]:
     """(KERNELS in the order to try them on this CPU, why that order): oneDNN's prepacked linear first, except where
     its int8 sums saturate (no VNNI: the AVX2 class), where torch._int_mm was measured faster (bench/README.md)."""
-    if _CHECKS["onednn"]() is None and saturates("onednn"):
+    if onednn_runs and saturates("onednn"):
         return ("int_mm", "onednn"), "before oneDNN's: faster without VNNI"
     return KERNELS, ""
 
 
 def choose_kernel() -> tuple[str | None, str]:
     """(the fastest kernel that runs here, or None; one line saying which and, for the skipped ones, why not)."""
-    order, why_order = kernel_order()
+    reasons = {name: _CHECKS[name]() for name in KERNELS}  # why each cannot run here, or None
+    order, why_order = kernel_order(reasons["onednn"] is None)
     skipped = []
     for name in order:
-        why_not = _CHECKS[name]()
+        why_not = reasons[name]
         if why_not is None:
             notes = [why_order] if name == order[0] and why_order else []
             notes += [f"fallback: {'; '.join(skipped)}"] if skipped else []
@@ -361,9 +362,9 @@ def quantize(model, kernel: str | None = None, calibration=None, alpha: float = 
     weights' rounding error on the mean input out of the biases (Int8Linear's input_mean).
 
     One float32 forward pass over the calibration inputs records each linear's largest |input| and mean input per
-    channel; as soon
-    as a block has run, its linears are replaced by Int8Linear and its float32 weights dropped. So the float32
-    weights of only one block are needed at a time (with memory-mapped weights, the rest are never all read in).
+    channel; as soon as a block has run, its linears are replaced by Int8Linear and its float32 weights dropped. So
+    the float32 weights of only one block are needed at a time (with memory-mapped weights, the rest are never all
+    read in).
     """
     if kernel is None:
         kernel, why = choose_kernel()
