@@ -37,10 +37,14 @@ Kernels, chosen by measurement (bench/README.md, "int8"), in this order where th
 Without VNNI (the AVX2 class: int8 sums saturate, see QMAX_NO_VNNI) the order is reversed: there oneDNN's int8
 linear is barely faster than float32, and torch._int_mm 1.3-1.6× faster than it (kernel_order).
 Not taken: torchao (it installs without pulling another torch, but its CPU int8-dynamic path runs torch._int_mm in
-eager mode, the fallback above, and is fast only under torch.compile); torch.ao.nn.quantized.dynamic, faster per
-call because it quantizes inside the op, but with one activation scale per tensor (see above). Even on rows scaled
-to 1 first (per-token scales after all), its fbgemm kernel, 1.25× torch._int_mm's speed on AVX2, quantizes the
-activations to 7 bits there: stressed image embeddings at 0.9985, where 7-bit weights keep 0.9992.
+eager mode, the fallback above, and is fast only under torch.compile); torch.ao.nn.quantized.dynamic, with one
+activation scale per tensor (see above). Its kernel, fbgemm's quantized::linear_dynamic, was tried as a third
+kernel for the AVX2 class: rows scaled to max|x| = 1 (per-token scales after all), reduce_range=False (8-bit
+activations; 7-bit weights keep its u8·s8 pair sums exact) and one extra row holding -128/127 so that its
+per-tensor grid is exactly ±127 per row (without it each row's largest value, the outlier channel, lands between
+two steps: stressed image cosine 0.9977). It then computes torch._int_mm's integer products, but the whole model
+was no faster (AVX2 simulated, 2 threads: images 1.03×, texts 0.95× torch._int_mm's), its prepacking added 7 s to
+every int8 load, and it rests on quantized tensors, which torch 2.13 says it will remove.
 `choose_kernel()` returns the first that runs here and says why the others do not, in one line.
 
     model = load_weights.load_pretrained(folder, dtype="int8")      # or: int8.quantize(float32_model)

@@ -14,7 +14,9 @@ Steps, all in one process except the main-job runs:
    1024×4096), so that both see the same machine: the image tower's GFLOP/s (FLOPs counted analytically) is
    reported as a fraction of it;
    then int8 (`--dtypes … int8`): the reference in float32 against ours with `load_pretrained(..., dtype="int8")`
-   (altclip_kernels/int8.py), interleaved the same way; the int8 embeddings' cosine to the reference's float32 ones;
+   (altclip_kernels/int8.py), interleaved the same way, and in the same rounds ours on the other int8 kernels that
+   run here and torch.ao's dynamic int8 of ours (unless --int8-chosen-only); the int8 embeddings' cosine to the
+   reference's float32 ones;
    the seconds of load_pretrained and the peak RSS of it plus one image and two texts, float32 against int8, each in
    a fresh process;
 3. the main job as a whole process, `python altclip.py IMAGE "a cat" "a dog" --model DIR` against
@@ -204,9 +206,16 @@ def int8_kernels(repeats: int) -> dict:
     return {"shape": [m, k, n], "engine": torch.backends.quantized.engine, "s": times}
 
 
-def int8_throughput(folder: Path, repeats: int, warmup: int, env: dict) -> dict:
+def int8_throughput(folder: Path, repeats: int, warmup: int, env: dict, others: bool) -> dict:
     """The reference in float32 against ours in int8: images/s and texts/s interleaved, the int8 embeddings' cosine
-    to the reference's float32 ones, and load_pretrained's seconds and peak RSS, float32 against int8."""
+    to the reference's float32 ones, and load_pretrained's seconds and peak RSS, float32 against int8.
+
+    others: in the same rounds, ours in int8 on each other kernel that runs here (what int8.kernel_order's choice
+    rests on), and torch.ao's dynamic quantization of our float32 model (every linear, one activation scale per
+    tensor: the probe issue 22 started from, the speed to match at a better accuracy)."""
+    import warnings
+
+    from altclip_kernels import int8
     from load_weights import load_pretrained
 
     pixels = common.image_batch()
@@ -219,12 +228,27 @@ def int8_throughput(folder: Path, repeats: int, warmup: int, env: dict) -> dict:
     res["load_int8_in_process_s"] = time.perf_counter() - t0
     res["path"] = models["ours+int8"].int8
     log(f"  ours int8: {res['load_int8_in_process_s']:.1f} s, {res['path']}")
+    if others:
+        chosen = models["ours+int8"].vision_model.blocks[0].mlp.fc1.kernel
+        for kernel in int8.KERNELS:
+            if kernel != chosen and int8._CHECKS[kernel]() is None:
+                log(f"  ours int8 on {kernel} (not chosen here) ...")
+                models[f"ours+int8 {kernel}"] = int8.quantize(load_pretrained(folder), kernel=kernel)
+        log("  torch.ao dynamic int8 (per tensor) of ours ...")
+        with warnings.catch_warnings():  # torch.ao.quantization is deprecated
+            warnings.simplefilter("ignore")
+            models["ours+torch.ao"] = torch.ao.quantization.quantize_dynamic(load_pretrained(folder),
+                                                                             {torch.nn.Linear}, dtype=torch.qint8)
     with torch.inference_mode():
         emb = {impl: (common.image_features(impl, m, pixels), common.text_features(impl, m, ids, mask))
                for impl, m in models.items()}
-        for k, kind in enumerate(("image", "text")):
-            res[f"{kind}_cosine"] = F.cosine_similarity(emb["ours+int8"][k], emb["reference"][k]).tolist()
-        log(f"  cosine to float32: image {min(res['image_cosine']):.5f}, text {min(res['text_cosine']):.5f}")
+        for impl in models:
+            if impl != "reference":
+                key = "" if impl == "ours+int8" else f"_{impl}"
+                for k, kind in enumerate(("image", "text")):
+                    res[f"{kind}_cosine{key}"] = F.cosine_similarity(emb[impl][k], emb["reference"][k]).tolist()
+                log(f"  {impl}: cosine to float32: image {min(res['image_cosine' + key]):.5f}, "
+                    f"text {min(res['text_cosine' + key]):.5f}")
         log(f"[int8] images/s, {repeats} interleaved repeats ...")
         res["image_s"] = interleaved({i: (lambda i=i: common.image_features(i, models[i], pixels)) for i in models},
                                      repeats, warmup - 1)
@@ -288,7 +312,6 @@ def folder_job(folder: Path, repeats: int, n_images: int, dtypes: list[str], env
     for k in range(n_images):
         shutil.copy(common.example_image(), photos / f"photo{k:02d}.jpg")
     base = ["altclip.py", str(photos), *TEXTS, "--model", rel(folder), "--json", "-v"]
-    runs = {("float32", "auto"): [], ("float32", "off"): []}
     plan = [("float32", "auto"), ("float32", "off")] * repeats + [(d, "auto") for d in dtypes if d != "float32"]
     log(f"[folder job] {n_images} images: {len(plan)} runs ...")
     res = {"images": n_images, "command": "python " + " ".join(base[:1] + ["FOLDER"] + base[2:]), "runs": []}
@@ -408,6 +431,14 @@ def table(info: dict, res: dict, args) -> str:
             cos = min(q[f"{kind}_cosine"])
             row(f"{kind} embeddings, int8: cosine to the reference's float32 (min over batch)", None, cos, ".5f",
                 "≥ 0.999", cos >= 0.999, ratio=False)
+        for impl in img:
+            if impl not in ("reference", "ours+int8"):
+                what = ("torch.ao dynamic int8 of ours (per tensor, every linear)" if impl == "ours+torch.ao" else
+                        f"int8 on {impl.split()[-1]} (not chosen here)")
+                row(f"images/s, {what}", img["reference"], img[impl], ".2f")
+                row(f"texts/s, {what}", txt["reference"], txt[impl], ".1f")
+                row(f"cosine image / text, {what}", None,
+                    f"{min(q['image_cosine_' + impl]):.5f} / {min(q['text_cosine_' + impl]):.5f}", "", ratio=False)
         load = {d: (med([r["load_s"] for r in rs]), med([r["rss_mib"] for r in rs])) for d, rs in q["load"].items()}
         row("load_pretrained: seconds, int8 against float32 (in the float32 column)", load["float32"][0],
             load["int8"][0], ".1f")
@@ -489,6 +520,9 @@ def main(argv=None):
     p.add_argument("--dtypes", nargs="+", default=[*DTYPES, "int8"], choices=[*DTYPES, "int8"],
                    help="dtypes of the throughput part (default: all; bfloat16 takes ~30 min where it is emulated; "
                         "int8: ours in int8 against the reference in float32)")
+    p.add_argument("--int8-chosen-only", action="store_true",
+                   help="int8: time only the kernel int8.choose_kernel picks, not also the others that run here and "
+                        "torch.ao's dynamic quantization")
     p.add_argument("--skip-throughput", action="store_true")
     p.add_argument("--skip-job", action="store_true")
     p.add_argument("--folder-images", type=int, default=17,
@@ -517,7 +551,7 @@ def main(argv=None):
         if set(args.dtypes) & set(DTYPES):
             res["throughput"] = throughput(folder, args.repeats, warmup, args.dtypes)
         if "int8" in args.dtypes:
-            res["int8"] = int8_throughput(folder, args.repeats, warmup, env)
+            res["int8"] = int8_throughput(folder, args.repeats, warmup, env, not args.int8_chosen_only)
     if args.skip_job:
         res["main_job"] = "--skip-job"
     elif not has_cli():
