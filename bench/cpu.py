@@ -139,7 +139,7 @@ def throughput(folder: Path, repeats: int, warmup: int, dtypes: list[str]) -> di
             log(f"[{dname}] texts/s, {repeats} interleaved repeats ...")
             r["text_s"] = interleaved({impl: (lambda i=impl: common.text_features(i, models[i], ids, mask))
                                        for impl in models}, repeats, warmup - 1)
-        del models
+        models.clear()
         gc.collect()
         for what in ("image_s", "text_s"):
             log("  " + what + ": " + ", ".join(f"{impl} {statistics.median(t):.3f} s" for impl, t in r[what].items()))
@@ -257,7 +257,7 @@ def int8_throughput(folder: Path, repeats: int, warmup: int, env: dict, others: 
                                     repeats, warmup - 1)
     for what in ("image_s", "text_s"):
         log("  " + what + ": " + ", ".join(f"{i} {statistics.median(t):.3f} s" for i, t in res[what].items()))
-    del models
+    models.clear()
     gc.collect()
     log("[int8] load_pretrained, then one image and two texts, float32 and int8 alternating, each in a fresh "
         "process ...")
