@@ -178,12 +178,18 @@ with torch.inference_mode():
 """
 
 
+def ao_dynamic_int8(module: torch.nn.Module) -> torch.nn.Module:
+    """torch.ao's dynamic int8 quantization of every nn.Linear in `module` (one activation scale per tensor)."""
+    import warnings
+    with warnings.catch_warnings():  # torch.ao.quantization is deprecated
+        warnings.simplefilter("ignore")
+        return torch.ao.quantization.quantize_dynamic(module, {torch.nn.Linear}, dtype=torch.qint8)
+
+
 def int8_kernels(repeats: int) -> dict:
     """Seconds per call of one linear at the image tower's fc1 shape, per candidate, interleaved: float32 F.linear,
     altclip_kernels/int8.py's Int8Linear on each kernel that runs here (per-token activations, smoothing on the input),
     and torch.ao's dynamic int8 linear (one activation scale per tensor: faster, but not accurate enough)."""
-    import warnings
-
     from altclip_kernels import int8
     m, k, n = common.gemm_shape()
     g = torch.Generator().manual_seed(0)
@@ -194,10 +200,7 @@ def int8_kernels(repeats: int) -> dict:
         if int8._CHECKS[kernel]() is None:
             q = int8.Int8Linear(linear.weight, linear.bias, kernel, smooth)
             fns[f"int8 {kernel}"] = lambda q=q: q(x)
-    with warnings.catch_warnings():  # torch.ao.quantization is deprecated
-        warnings.simplefilter("ignore")
-        dynamic = torch.ao.quantization.quantize_dynamic(torch.nn.Sequential(linear), {torch.nn.Linear},
-                                                         dtype=torch.qint8)
+    dynamic = ao_dynamic_int8(torch.nn.Sequential(linear))
     fns["torch.ao dynamic (per tensor)"] = lambda: dynamic(x)
     with torch.inference_mode():
         times = interleaved(fns, repeats, 2)
@@ -213,8 +216,6 @@ def int8_throughput(folder: Path, repeats: int, warmup: int, env: dict, others: 
     others: in the same rounds, ours in int8 on each other kernel that runs here (what int8.kernel_order's choice
     rests on), and torch.ao's dynamic quantization of our float32 model (every linear, one activation scale per
     tensor: the probe issue 22 started from, the speed to match at a better accuracy)."""
-    import warnings
-
     from altclip_kernels import int8
     from load_weights import load_pretrained
 
@@ -229,16 +230,13 @@ def int8_throughput(folder: Path, repeats: int, warmup: int, env: dict, others: 
     res["path"] = models["ours+int8"].int8
     log(f"  ours int8: {res['load_int8_in_process_s']:.1f} s, {res['path']}")
     if others:
-        chosen = models["ours+int8"].vision_model.blocks[0].mlp.fc1.kernel
+        chosen = int8.choose_kernel()[0]  # what load_pretrained(..., dtype="int8") used
         for kernel in int8.KERNELS:
             if kernel != chosen and int8._CHECKS[kernel]() is None:
                 log(f"  ours int8 on {kernel} (not chosen here) ...")
                 models[f"ours+int8 {kernel}"] = int8.quantize(load_pretrained(folder), kernel=kernel)
         log("  torch.ao dynamic int8 (per tensor) of ours ...")
-        with warnings.catch_warnings():  # torch.ao.quantization is deprecated
-            warnings.simplefilter("ignore")
-            models["ours+torch.ao"] = torch.ao.quantization.quantize_dynamic(load_pretrained(folder),
-                                                                             {torch.nn.Linear}, dtype=torch.qint8)
+        models["ours+torch.ao"] = ao_dynamic_int8(load_pretrained(folder))
     with torch.inference_mode():
         emb = {impl: (common.image_features(impl, m, pixels), common.text_features(impl, m, ids, mask))
                for impl, m in models.items()}
